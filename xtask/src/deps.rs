@@ -1,0 +1,88 @@
+//! `cargo xtask deps`: installs (idempotently, saying what) the Debian packages builds and tests need.
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::util;
+
+/// (package, why).
+pub const PACKAGES: &[(&str, &str)] = &[
+    ("protobuf-compiler", "protoc, for the etcd gRPC definitions"),
+    ("libprotobuf-dev", "protobuf's well-known .proto files"),
+    (
+        "etcd-server",
+        "the real etcd, the reference for kine's tests and benchmark",
+    ),
+    ("etcd-client", "etcdctl, the client the kine tests drive"),
+    (
+        "postgresql",
+        "a PostgreSQL server for kine's postgres backend",
+    ),
+    (
+        "mariadb-server",
+        "a MariaDB server for kine's mysql backend",
+    ),
+    ("mariadb-client", "the mariadb CLI, to create the test user"),
+    ("nftables", "nft, for the test guard table"),
+    (
+        "iproute2",
+        "ip, to find the default route for the guard table",
+    ),
+    ("procps", "ps/kill, to stop fixtures by PID"),
+];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+pub fn install() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("deps: all {} host packages are installed", PACKAGES.len());
+        return Ok(());
+    }
+    for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        eprintln!("deps: will install {p} ({why})");
+    }
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        bail!(
+            "apt-get not found: install these packages by hand: {}",
+            missing.join(" ")
+        );
+    }
+    let sudo = !is_root();
+    let apt = |args: &[&str]| {
+        let mut c = if sudo {
+            let mut c = Command::new("sudo");
+            c.arg("apt-get");
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        c.env("DEBIAN_FRONTEND", "noninteractive").args(args);
+        c
+    };
+    util::run(&mut apt(&["update", "-q"]))?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    util::run(&mut apt(&args))?;
+    eprintln!("deps: installed {}", missing.join(" "));
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

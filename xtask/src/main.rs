@@ -1,0 +1,53 @@
+//! Project automation: `cargo xtask deps|test|bench|cluster-up|cluster-down` (see README.md).
+
+mod bench;
+mod cluster;
+mod deps;
+mod fixtures;
+mod guard;
+mod test;
+mod util;
+
+use anyhow::{Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <command>
+
+commands:
+  deps                    install the host packages builds and tests need (idempotent)
+  test [FILTER...]        what CI runs: deps, database fixtures, fmt, clippy, every test
+                          (FILTERs narrow the test run, e.g. `cargo xtask test kine`)
+  bench <name>            run a benchmark beside its peer; writes docs/benchmarks/<name>.md
+                          (names: kine)
+  cluster-up [--datastore sqlite|postgres|mysql]
+                          start what exists of a cluster (today: kine) and say how to use it
+  cluster-down            stop what cluster-up started
+  fixtures                start PostgreSQL and MariaDB for running tests by hand; prints the env to export";
+
+fn main() {
+    if let Err(err) = run() {
+        eprintln!("xtask: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else {
+        println!("{USAGE}");
+        return Ok(());
+    };
+    let rest = &args[1..];
+    match cmd.as_str() {
+        "deps" => deps::install(),
+        "test" => test::run(rest),
+        "bench" => bench::run(rest),
+        "cluster-up" => cluster::up(rest),
+        "cluster-down" => cluster::down(),
+        "fixtures" => fixtures::interactive(),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        other => bail!("unknown command {other:?}\n\n{USAGE}"),
+    }
+}
