@@ -1,1 +1,42 @@
-//! Shared test support for k3rs: start component processes and fixtures, wait for them, clean up.
+//! Shared test support for k3rs: start component processes and real fixtures (etcd, databases), wait for
+//! them with timeouts, drive them with real clients, and clean up (by PID) even when a test fails.
+
+pub mod etcdctl;
+pub mod process;
+pub mod store;
+
+pub use process::{Proc, free_port, target_bin};
+pub use store::{Backend, Server, ServerOptions};
+
+/// Runs an async test body on a multi-threaded runtime with an overall timeout, so a hung test fails
+/// instead of stalling CI.
+pub fn run_test<F>(timeout: std::time::Duration, body: F)
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building the test runtime");
+    match rt.block_on(async { tokio::time::timeout(timeout, body).await }) {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => panic!("{err:#}"),
+        Err(_) => panic!("test timed out after {timeout:?}"),
+    }
+}
+
+/// A name unique to this process and call, for databases and directories.
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

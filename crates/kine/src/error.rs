@@ -31,6 +31,9 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
+    /// Over the gRPC receive limit (gRPC-Go's own message, as etcd's server answers).
+    #[error("grpc: received message larger than max ({len} vs. {max})")]
+    MessageTooLarge { len: usize, max: usize },
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: server stopped")]
@@ -60,7 +63,7 @@ impl EtcdError {
             | Self::RequestTooLarge
             | Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::Compacted | Self::FutureRev | Self::LeaseTtlTooLarge => Code::OutOfRange,
-            Self::NoSpace => Code::ResourceExhausted,
+            Self::NoSpace | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::LeaseNotFound | Self::MemberNotFound => Code::NotFound,
             Self::LeaseExist => Code::FailedPrecondition,
             Self::Stopped | Self::Storage { .. } => Code::Unavailable,

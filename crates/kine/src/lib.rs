@@ -31,6 +31,9 @@ pub use error::{Error, EtcdError};
 
 /// gRPC allowance on top of `--max-request-bytes` (etcd's `grpcOverheadBytes`).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// What tonic decodes at most; requests between the gRPC allowance and this get gRPC-Go's error text from
+/// the handlers, as etcd's clients expect.
+const DECODE_LIMIT: usize = 64 << 20;
 
 /// Serves the etcd API until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -96,7 +99,7 @@ pub async fn run_with_readiness(
     }
 
     let service = server::Service::new(store.clone(), config.watch_progress_notify_interval);
-    let max_recv = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let max_recv = DECODE_LIMIT.max(4 * config.max_request_bytes);
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -14,9 +14,15 @@ use crate::txn::{self, Batch, OpCtx};
 use crate::types::KeyRange;
 
 impl Store {
-    /// Rejects requests over `--max-request-bytes`, as etcd does for its raft proposals.
+    /// Rejects requests over `--max-request-bytes`, as etcd does: past the gRPC allowance with gRPC's own
+    /// error, otherwise with etcd's (its raft proposals are capped at the limit).
     fn check_size(&self, req: &impl Message) -> Result<(), EtcdError> {
-        if req.encoded_len() > self.config.max_request_bytes {
+        let len = req.encoded_len();
+        let grpc_max = self.config.max_request_bytes + crate::GRPC_OVERHEAD_BYTES;
+        if len > grpc_max {
+            return Err(EtcdError::MessageTooLarge { len, max: grpc_max });
+        }
+        if len > self.config.max_request_bytes {
             return Err(EtcdError::RequestTooLarge);
         }
         Ok(())
@@ -47,6 +53,7 @@ impl Store {
 
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
         range::validate(req)?;
+        self.check_size(req)?;
         if !req.serializable {
             self.linearize().await?;
         }
@@ -112,8 +119,9 @@ impl Store {
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse, EtcdError> {
         txn::check_put(&req)?;
         self.check_size(&req)?;
+        self.check_key_len(&req.key)?;
         let resp = self
-            .txn(TxnRequest {
+            .run_txn(TxnRequest {
                 compare: Vec::new(),
                 success: vec![RequestOp {
                     request: Some(OpRequest::RequestPut(req)),
@@ -138,7 +146,7 @@ impl Store {
         txn::check_delete(&req)?;
         self.check_size(&req)?;
         let resp = self
-            .txn(TxnRequest {
+            .run_txn(TxnRequest {
                 compare: Vec::new(),
                 success: vec![RequestOp {
                     request: Some(OpRequest::RequestDeleteRange(req)),
@@ -162,6 +170,11 @@ impl Store {
         txn::check_intervals(&req.failure)?;
         self.check_size(&req)?;
         self.check_txn_keys(&req)?;
+        self.run_txn(req).await
+    }
+
+    /// Runs a validated txn: read-only ones against the index, others through the writer.
+    async fn run_txn(&self, req: TxnRequest) -> Result<TxnResponse, EtcdError> {
         let (mut resp, rev, pending) = if txn::is_read_only(&req) {
             self.linearize().await?;
             let st = self.state();
