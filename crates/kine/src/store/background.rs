@@ -15,7 +15,7 @@ const MYSQL_POLL: Duration = Duration::from_millis(50);
 /// PostgreSQL: also poll this often, in case a notification was lost with its connection.
 const PG_POLL: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_secs(5);
-const QUOTA_CHECK: Duration = Duration::from_secs(5);
+const QUOTA_CHECK: Duration = Duration::from_secs(2);
 
 pub fn spawn_all(store: &Arc<Store>) {
     if store.db.dialect.shared() {
