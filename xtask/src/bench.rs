@@ -1,3 +1,484 @@
-pub fn run(_: &[String]) -> anyhow::Result<()> {
-    anyhow::bail!("todo")
+//! `cargo xtask bench <name>`: runs a benchmark beside its peer in one run (alternating rounds), prints a
+//! table of medians with ratios and targets, and writes `docs/benchmarks/<name>.md`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::fixtures::Fixtures;
+use crate::util::{self, Daemon};
+
+const ROUNDS: usize = 3;
+const WORKLOADS: &[&str] = &["create", "update", "get", "list", "watch"];
+
+pub fn run(args: &[String]) -> Result<()> {
+    let mut rounds = ROUNDS;
+    let mut only: Option<Vec<String>> = None;
+    let mut it = args.iter().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            // For quick looks while working; the published figures use the defaults.
+            "--rounds" => rounds = it.next().context("--rounds needs a number")?.parse()?,
+            "--only" => {
+                only = Some(
+                    it.next()
+                        .context("--only needs subjects")?
+                        .split(',')
+                        .map(String::from)
+                        .collect(),
+                )
+            }
+            other => bail!(
+                "unknown bench argument {other:?} (--rounds N, --only etcd,sqlite,postgres,mysql)"
+            ),
+        }
+    }
+    match args.first().map(String::as_str) {
+        Some("kine") => kine(rounds, only),
+        Some(other) => bail!("unknown benchmark {other:?} (known: kine)"),
+        None => bail!("usage: cargo xtask bench <name> (known: kine)"),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Subject {
+    Etcd,
+    KineSqlite,
+    KinePostgres,
+    KineMysql,
+}
+
+impl Subject {
+    fn short(self) -> &'static str {
+        match self {
+            Subject::Etcd => "etcd",
+            Subject::KineSqlite => "sqlite",
+            Subject::KinePostgres => "postgres",
+            Subject::KineMysql => "mysql",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Subject::Etcd => "etcd 3.4",
+            Subject::KineSqlite => "kine/SQLite",
+            Subject::KinePostgres => "kine/PostgreSQL",
+            Subject::KineMysql => "kine/MariaDB",
+        }
+    }
+}
+
+/// One measured value: (subject, metric) → values over rounds.
+type Results = BTreeMap<(Subject, String), Vec<f64>>;
+
+fn kine(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
+    crate::deps::install()?;
+    eprintln!("bench: building release binaries");
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "k3rs-kine",
+        "-p",
+        "k3rs-tests",
+        "--bins",
+    ]))?;
+    let root = util::root();
+    let work = root.join("target/bench/kine");
+    let fixtures = Fixtures::start()?;
+    let mut results: Results = BTreeMap::new();
+    let subjects: Vec<Subject> = [
+        Subject::Etcd,
+        Subject::KineSqlite,
+        Subject::KinePostgres,
+        Subject::KineMysql,
+    ]
+    .into_iter()
+    .filter(|s| {
+        only.as_ref()
+            .is_none_or(|o| o.iter().any(|n| n == s.short()))
+    })
+    .collect();
+    let started = Instant::now();
+    for round in 0..rounds {
+        let mut order = subjects.to_vec();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for subject in order {
+            eprintln!("bench: round {}/{rounds}: {}", round + 1, subject.name());
+            run_subject(subject, round, &work, &fixtures, &mut results)
+                .with_context(|| format!("{} (round {})", subject.name(), round + 1))?;
+        }
+    }
+    drop(fixtures);
+    let report = render(&results, started.elapsed(), rounds)?;
+    println!("{report}");
+    if rounds != ROUNDS || only.is_some() {
+        eprintln!("bench: a partial run; docs/benchmarks/kine.md left as it was");
+        return Ok(());
+    }
+    let out = root.join("docs/benchmarks/kine.md");
+    std::fs::create_dir_all(out.parent().context("docs dir")?)?;
+    std::fs::write(&out, report)?;
+    eprintln!("bench: wrote {}", out.display());
+    Ok(())
+}
+
+fn rss_bytes(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024.0)
+}
+
+fn start(
+    subject: Subject,
+    dir: &Path,
+    fixtures: &Fixtures,
+    round: usize,
+) -> Result<(Daemon, String)> {
+    let port = util::free_port()?;
+    let endpoint = format!("127.0.0.1:{port}");
+    let log = dir.join("server.log");
+    let daemon = match subject {
+        Subject::Etcd => {
+            let peer = util::free_port()?;
+            Daemon::spawn(
+                "etcd",
+                Command::new("etcd")
+                    .args(["--name", "bench", "--data-dir"])
+                    .arg(dir.join("etcd"))
+                    .arg(format!("--listen-client-urls=http://{endpoint}"))
+                    .arg(format!("--advertise-client-urls=http://{endpoint}"))
+                    .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+                    ))
+                    .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}")),
+                &log,
+            )?
+        }
+        kine => {
+            let datastore = match kine {
+                Subject::KineSqlite => format!("sqlite://{}", dir.join("db/state.db").display()),
+                Subject::KinePostgres => {
+                    let base = fixtures
+                        .postgres_url
+                        .rsplit_once('/')
+                        .map_or("", |(b, _)| b)
+                        .to_string();
+                    format!("{base}/bench_{round}_{}", std::process::id())
+                }
+                _ => format!("{}bench_{round}_{}", fixtures.mysql_url, std::process::id()),
+            };
+            Daemon::spawn(
+                "k3rs-kine",
+                Command::new(util::root().join("target/release/k3rs-kine"))
+                    .arg("--endpoint")
+                    .arg(datastore)
+                    .args(["--listen-address", &endpoint, "--metrics-bind-address", ""]),
+                &log,
+            )?
+        }
+    };
+    util::wait_port(port, Duration::from_secs(60), subject.name())?;
+    Ok((daemon, endpoint))
+}
+
+fn run_subject(
+    subject: Subject,
+    round: usize,
+    work: &Path,
+    fixtures: &Fixtures,
+    results: &mut Results,
+) -> Result<()> {
+    let dir = work.join(format!("{subject:?}-{round}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let (mut daemon, endpoint) = start(subject, &dir, fixtures, round)?;
+    // Ready means answering; then let it settle before reading idle memory.
+    loadgen(&endpoint, "get", &["--keys", "1", "--ops", "16"]).ok();
+    std::thread::sleep(Duration::from_secs(3));
+    if let Some(rss) = rss_bytes(daemon.pid()) {
+        results
+            .entry((subject, "idle_rss".into()))
+            .or_default()
+            .push(rss);
+    }
+    for w in WORKLOADS {
+        let out = loadgen(&endpoint, w, &[])?;
+        for metric in ["ops_per_sec", "p50_ms", "p99_ms"] {
+            let v = json_number(&out, metric).with_context(|| format!("{metric} in {out}"))?;
+            results
+                .entry((subject, format!("{w}.{metric}")))
+                .or_default()
+                .push(v);
+        }
+    }
+    daemon.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn loadgen(endpoint: &str, workload: &str, extra: &[&str]) -> Result<String> {
+    let bin: PathBuf = util::root().join("target/release/kine-bench");
+    util::output(
+        Command::new(bin)
+            .args(["--endpoint", endpoint, "--workload", workload])
+            .args(extra),
+    )
+}
+
+fn json_number(line: &str, key: &str) -> Option<f64> {
+    let pat = format!("\"{key}\":");
+    let rest = &line[line.find(&pat)? + pat.len()..];
+    let end = rest.find([',', '}']).unwrap_or(rest.len());
+    rest[..end].trim().parse().ok()
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    s[s.len() / 2]
+}
+
+/// (row label, metric, unit, higher is better, target description, target check on (kine, etcd)).
+type Row = (
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+    &'static str,
+    fn(f64, f64) -> bool,
+);
+
+const ROWS: &[Row] = &[
+    (
+        "create (txn mod==0 put, 20k keys)",
+        "create.ops_per_sec",
+        "ops/s",
+        true,
+        "≥ 1.0× etcd",
+        |k, e| k >= e,
+    ),
+    ("create p99", "create.p99_ms", "ms", false, "", |_, _| true),
+    (
+        "update (txn mod==rev put)",
+        "update.ops_per_sec",
+        "ops/s",
+        true,
+        "≥ 1.0× etcd",
+        |k, e| k >= e,
+    ),
+    ("update p99", "update.p99_ms", "ms", false, "", |_, _| true),
+    (
+        "get by key",
+        "get.ops_per_sec",
+        "ops/s",
+        true,
+        "≥ 2× etcd",
+        |k, e| k >= 2.0 * e,
+    ),
+    ("get p99", "get.p99_ms", "ms", false, "", |_, _| true),
+    (
+        "list 10k keys, limit 500",
+        "list.ops_per_sec",
+        "lists/s",
+        true,
+        "≥ 2× etcd",
+        |k, e| k >= 2.0 * e,
+    ),
+    (
+        "list p50 (whole list)",
+        "list.p50_ms",
+        "ms",
+        false,
+        "",
+        |_, _| true,
+    ),
+    (
+        "list p99 (whole list)",
+        "list.p99_ms",
+        "ms",
+        false,
+        "",
+        |_, _| true,
+    ),
+    (
+        "watch put→event p50",
+        "watch.p50_ms",
+        "ms",
+        false,
+        "",
+        |_, _| true,
+    ),
+    (
+        "watch put→event p99",
+        "watch.p99_ms",
+        "ms",
+        false,
+        "≤ 5 ms",
+        |k, _| k <= 5.0,
+    ),
+    ("idle RSS", "idle_rss", "MB", false, "≤ 15 MB", |k, _| {
+        k <= 15.0 * 1e6
+    }),
+];
+
+fn fmt(v: f64, unit: &str) -> String {
+    match unit {
+        "MB" => format!("{:.1} MB", v / 1e6),
+        "ms" => format!("{v:.2} ms"),
+        _ => format!("{v:.0} {unit}"),
+    }
+}
+
+fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String> {
+    let get = |s: Subject, m: &str| {
+        results
+            .get(&(s, m.to_string()))
+            .map(|v| median(v))
+            .unwrap_or(f64::NAN)
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().next().map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse::<f64>()
+                    .unwrap_or(0.0)
+            })
+        })
+        .unwrap_or(0.0);
+    let etcd_version = util::output(Command::new("etcd").arg("--version"))
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_string))
+        .unwrap_or_default();
+    let rev = util::output(
+        Command::new("git")
+            .args(["rev-parse", "--short", "HEAD"])
+            .current_dir(util::root()),
+    )
+    .unwrap_or_default();
+
+    let mut md = String::new();
+    writeln!(md, "# Benchmark: kine beside etcd\n")?;
+    writeln!(
+        md,
+        "Produced by `cargo xtask bench kine` (k3rs {}) in {:.0} s. Medians of {rounds} rounds; the subjects \
+         alternate order each round and start from an empty store every time.\n",
+        rev.trim(),
+        elapsed.as_secs_f64()
+    )?;
+    writeln!(md, "## Machine\n")?;
+    writeln!(
+        md,
+        "- {cores} cores ({cpu}), {:.1} GiB RAM, Linux {}",
+        mem / 1024.0 / 1024.0,
+        util::output(Command::new("uname").arg("-r"))
+            .unwrap_or_default()
+            .trim()
+    )?;
+    writeln!(
+        md,
+        "- peer: Debian's {etcd_version}, single member, default fsync, data on the same disk as kine's SQLite file"
+    )?;
+    writeln!(
+        md,
+        "- kine: release build, SQLite in WAL mode with `synchronous=FULL` (every acknowledged write is fsynced, as etcd's WAL); PostgreSQL 15 and MariaDB 10.11 from Debian with their default durability, on loopback"
+    )?;
+    writeln!(
+        md,
+        "- load: `kine-bench` (tests/src/bin), the same Rust etcd-client load generator for every subject, on the same 2 cores\n"
+    )?;
+    writeln!(md, "## Workloads\n")?;
+    writeln!(
+        md,
+        "- **create**: 16 clients create 20,000 keys with 1 KiB values, each as `Txn(create_revision == 0 → put)` (the apiserver's create)"
+    )?;
+    writeln!(
+        md,
+        "- **update**: the same keys updated once each with `Txn(mod_revision == rev → put)` (the apiserver's update)"
+    )?;
+    writeln!(
+        md,
+        "- **get**: 16 clients, 50,000 linearizable gets of random keys"
+    )?;
+    writeln!(
+        md,
+        "- **list**: 16 clients list the first 10,000 keys in pages of 500 at one revision, 64 lists in all; one latency per whole list"
+    )?;
+    writeln!(
+        md,
+        "- **watch**: one watcher on a prefix, 4 writers putting 2,000 keys at a steady rate; latency from before the put to the event's arrival"
+    )?;
+    writeln!(
+        md,
+        "- **idle RSS**: resident memory 3 s after start with an empty store\n"
+    )?;
+    writeln!(md, "## Results\n")?;
+    writeln!(
+        md,
+        "| metric | etcd | kine/SQLite | ratio | target | met | kine/PostgreSQL | kine/MariaDB |"
+    )?;
+    writeln!(md, "|---|---:|---:|---:|---|---|---:|---:|")?;
+    for (label, metric, unit, higher, target, check) in ROWS {
+        let e = get(Subject::Etcd, metric);
+        let k = get(Subject::KineSqlite, metric);
+        let ratio = if *higher { k / e } else { e / k };
+        let met = if target.is_empty() {
+            ""
+        } else if check(k, e) {
+            "pass"
+        } else {
+            "**miss**"
+        };
+        writeln!(
+            md,
+            "| {label} | {} | {} | {:.2}× | {target} | {met} | {} | {} |",
+            fmt(e, unit),
+            fmt(k, unit),
+            ratio,
+            fmt(get(Subject::KinePostgres, metric), unit),
+            fmt(get(Subject::KineMysql, metric), unit),
+        )?;
+    }
+    writeln!(
+        md,
+        "\nRatios are kine/SQLite relative to etcd, oriented so that above 1 means kine is better."
+    )?;
+    writeln!(md, "\n## Every round\n")?;
+    writeln!(md, "| subject | metric | values |")?;
+    writeln!(md, "|---|---|---|")?;
+    for ((s, m), v) in results {
+        let vals: Vec<String> = v.iter().map(|x| format!("{x:.2}")).collect();
+        writeln!(md, "| {} | {m} | {} |", s.name(), vals.join(", "))?;
+    }
+    Ok(md)
 }

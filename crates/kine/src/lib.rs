@@ -47,7 +47,6 @@ pub async fn run_with_readiness(
     ready: Readiness,
 ) -> Result<(), Error> {
     let datastore = Datastore::parse(&config.endpoint, &config.datastore_tls)?;
-    let listener = Listener::bind(&config.listen_address).await?;
     tracing::info!(endpoint = %datastore.redacted(), "opening datastore");
     let db = db::Db::connect(&datastore).await?;
     let dialect = db.dialect;
@@ -55,7 +54,7 @@ pub async fn run_with_readiness(
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "kine".into());
-    let client_url = listener.url(config.server_tls.is_some());
+    let client_url = Listener::url_of(&config.listen_address, config.server_tls.is_some());
     let member = db::MemberRec {
         id: util::fnv1a64(format!("{hostname}|{client_url}|{}", datastore.redacted()).as_bytes()),
         name: hostname,
@@ -77,20 +76,16 @@ pub async fn run_with_readiness(
         store_shutdown.clone(),
     )
     .await?;
+    // Bound only once the store is loaded: a connection that succeeds is served.
+    let listener = Listener::bind(&config.listen_address).await?;
 
     if let Some(addr) = config.metrics_bind_address {
-        let writer_alive = {
+        let datastore_ok = {
             let store = store.clone();
-            Arc::new(move || {
-                if store.shutdown.is_cancelled() {
-                    Err("stopping".to_string())
-                } else {
-                    Ok(())
-                }
-            })
+            Arc::new(move || store.health())
         };
         let health = HealthState::new(ready.clone(), Arc::new(registry))
-            .with_check("datastore", writer_alive);
+            .with_check("datastore", datastore_ok);
         let server = HealthServer::bind(addr, health)
             .await
             .map_err(|e| Error::io(format!("binding metrics address {addr}"), e))?;
@@ -124,7 +119,7 @@ pub async fn run_with_readiness(
         .add_service(pb::ClusterServer::new(service.clone()).max_decoding_message_size(max_recv))
         .add_service(pb::MaintenanceServer::new(service).max_decoding_message_size(max_recv));
 
-    tracing::info!(address = %client_url, datastore = dialect.name(), revision = store.rev(), "kine is serving the etcd API");
+    tracing::info!(address = %listener.url(config.server_tls.is_some()), datastore = dialect.name(), revision = store.rev(), "kine is serving the etcd API");
     ready.set(true);
     let stop = {
         let shutdown = shutdown.clone();
@@ -132,12 +127,19 @@ pub async fn run_with_readiness(
     };
     let served = match listener {
         Listener::Tcp(l) => {
-            router
-                .serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::TcpListenerStream::new(l),
-                    stop,
-                )
-                .await
+            // tonic sets TCP_NODELAY only on listeners it binds itself; without it small responses wait
+            // for delayed ACKs (tens of milliseconds per request).
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::TcpListenerStream::new(l),
+                |s| {
+                    s.inspect(|s| {
+                        if let Err(err) = s.set_nodelay(true) {
+                            tracing::debug!(%err, "setting TCP_NODELAY");
+                        }
+                    })
+                },
+            );
+            router.serve_with_incoming_shutdown(incoming, stop).await
         }
         Listener::Unix(l, _) => {
             router
@@ -188,6 +190,14 @@ impl Listener {
             .await
             .map_err(|e| Error::io(format!("listening on {hostport}"), e))?;
         Ok(Self::Tcp(l))
+    }
+
+    /// The client URL a listen address names (before binding; used for the member identity).
+    fn url_of(address: &str, tls: bool) -> String {
+        if address.starts_with("unix://") || address.contains("://") {
+            return address.to_string();
+        }
+        format!("{}://{address}", if tls { "https" } else { "http" })
     }
 
     fn url(&self, tls: bool) -> String {

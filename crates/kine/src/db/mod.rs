@@ -177,6 +177,12 @@ impl Db {
                     )
                     .await
                     .map_err(db_err)?;
+                let (journal, sync): (String, i64) =
+                    sqlx::query_as("SELECT journal_mode, synchronous FROM pragma_journal_mode(), pragma_synchronous()")
+                        .fetch_one(&write)
+                        .await
+                        .map_err(db_err)?;
+                tracing::info!(path = %path.display(), journal, synchronous = sync, "sqlite datastore (synchronous 2 = FULL: every commit is fsynced)");
                 let read = SqlitePoolOptions::new()
                     .max_connections(4)
                     .min_connections(0)
@@ -284,6 +290,19 @@ impl Db {
                 })
             }
         }
+    }
+
+    /// Where snapshot files are written: beside the SQLite file (same filesystem, and rarely a small
+    /// tmpfs), else the temporary directory.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.sqlite_path
+            .as_ref()
+            .and_then(|p| {
+                p.parent()
+                    .filter(|d| !d.as_os_str().is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(std::env::temp_dir)
     }
 
     /// The PostgreSQL URL, for a LISTEN connection.

@@ -129,9 +129,7 @@ impl Sql {
         let meta = "SELECT name, val FROM kine_meta".to_string();
         let lock_meta = match d {
             Dialect::Sqlite => meta.clone(),
-            _ => format!(
-                "{meta} WHERE name IN ('revision', 'compact_revision', 'compact_done') FOR UPDATE"
-            ),
+            _ => format!("{meta} FOR UPDATE"),
         };
         let member_upsert = match d {
             Dialect::Sqlite | Dialect::Postgres => p(

@@ -215,7 +215,9 @@ async fn quota_loop(store: Arc<Store>) {
             _ = store.shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store.db.size().await {
+        let size = store.db.size().await;
+        store.note_db(size.as_ref().map(|_| ()));
+        match size {
             Ok((size, _)) => {
                 store.metrics.db_size_bytes.set(size);
                 let quota = store.config.quota_backend_bytes;

@@ -109,7 +109,7 @@ impl Store {
     /// Writes a consistent snapshot (a SQLite file with kine's schema) and returns its path; the caller
     /// streams and removes it.
     pub async fn snapshot_file(&self) -> Result<crate::util::TempPath, EtcdError> {
-        let dir = std::env::temp_dir();
+        let dir = self.db.scratch_dir();
         let path = dir.join(format!(
             "kine-snapshot-{}-{}.db",
             std::process::id(),

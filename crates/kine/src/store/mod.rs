@@ -55,6 +55,8 @@ pub struct Store {
     pub metrics: Arc<Metrics>,
     nospace: AtomicBool,
     alarms: Mutex<Vec<(u64, i32)>>,
+    /// The last datastore failure, cleared by the next success (for `/healthz`).
+    db_error: Mutex<Option<String>>,
     barrier: Barrier,
     tail_kick: Notify,
     compact_kick: Notify,
@@ -72,10 +74,8 @@ impl Store {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EtcdError> {
-        let meta = db.init(crate::util::random_id()).await?;
-        let rows = db.latest_rows().await?;
-        // Re-read: another process may have written while we loaded (the tailer catches up from here).
-        let state = State::load(rows, meta.rev, meta.compact_rev);
+        db.init(crate::util::random_id()).await?;
+        let (state, meta) = load_consistent(&db).await?;
         db.lease_reset(crate::util::now_ms()).await?;
         db.member_upsert(&member, crate::util::now_ms()).await?;
         let (tx, rx) = mpsc::channel(4096);
@@ -90,6 +90,7 @@ impl Store {
             metrics,
             nospace: AtomicBool::new(false),
             alarms: Mutex::new(Vec::new()),
+            db_error: Mutex::new(None),
             barrier: Barrier::default(),
             tail_kick: Notify::new(),
             compact_kick: Notify::new(),
@@ -158,10 +159,7 @@ impl Store {
     /// Rebuilds the index from the database (when this process fell behind a compaction). The caller holds
     /// `apply_lock`; the database revision lock is taken so the rows and the revision agree.
     async fn resync(&self) -> Result<(), EtcdError> {
-        let (tx, meta) = self.db.begin_write().await?;
-        let rows = self.db.latest_rows().await;
-        tx.rollback().await;
-        let state = State::load(rows?, meta.rev, meta.compact_rev);
+        let (state, meta) = load_consistent(&self.db).await?;
         tracing::warn!(
             revision = meta.rev,
             "index rebuilt from the database (fell behind a compaction)"
@@ -172,6 +170,22 @@ impl Store {
         drop(st);
         self.update_gauges();
         Ok(())
+    }
+
+    /// Records whether the datastore just answered (`/healthz` reports the last failure).
+    pub(crate) fn note_db(&self, result: Result<(), &EtcdError>) {
+        *self.db_error.lock() = result.err().map(|e| e.to_string());
+    }
+
+    /// Healthy unless stopping or the datastore's last answer was a failure.
+    pub fn health(&self) -> Result<(), String> {
+        if self.shutdown.is_cancelled() {
+            return Err("stopping".into());
+        }
+        match &*self.db_error.lock() {
+            Some(err) => Err(err.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Whether writes that add data are refused (the NOSPACE alarm is raised).
@@ -222,6 +236,15 @@ impl Store {
             .map_err(|_| EtcdError::Stopped)?;
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
+}
+
+/// Builds the index from the database while holding the revision lock, so the rows and the revision agree
+/// even with other kine processes writing.
+async fn load_consistent(db: &Db) -> Result<(State, crate::db::Meta), EtcdError> {
+    let (tx, meta) = db.begin_write().await?;
+    let rows = db.latest_rows().await;
+    tx.rollback().await;
+    Ok((State::load(rows?, meta.rev, meta.compact_rev), meta))
 }
 
 /// Coalesces concurrent "what is the committed revision?" queries: a query started after a caller arrived

@@ -166,6 +166,7 @@ impl Store {
         self.metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.note_db(outcome.as_ref().map(|_| ()));
         match outcome {
             Ok(results) => {
                 for (job, result) in jobs.into_iter().zip(results) {

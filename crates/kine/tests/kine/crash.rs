@@ -99,6 +99,70 @@ async fn crash_during_writes(backend: Backend) -> Result<()> {
     Ok(())
 }
 
+/// Leases survive a restart with their TTL restarted, as etcd's do, and still expire afterwards.
+async fn leases_survive_restart(backend: Backend) -> Result<()> {
+    let mut server = Server::start(backend).await?;
+    let mut c = server.client().await?;
+    let long = c.lease_grant(60, None).await?.id();
+    let short = c.lease_grant(3, None).await?.id();
+    c.put(
+        "held",
+        "v",
+        Some(etcd_client::PutOptions::new().with_lease(long)),
+    )
+    .await?;
+    c.put(
+        "brief",
+        "v",
+        Some(etcd_client::PutOptions::new().with_lease(short)),
+    )
+    .await?;
+    server.kill9();
+    server.restart().await?;
+    let mut c = server.client().await?;
+    let ttl = c
+        .lease_time_to_live(
+            long,
+            Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()),
+        )
+        .await?;
+    ensure!(
+        ttl.granted_ttl() == 60 && ttl.ttl() >= 55,
+        "lease after restart: {ttl:?}"
+    );
+    ensure!(
+        ttl.keys() == [b"held".to_vec()],
+        "keys after restart: {:?}",
+        ttl.keys()
+    );
+    let start = std::time::Instant::now();
+    while c.get("brief", None).await?.count() == 1 {
+        ensure!(
+            start.elapsed() < Duration::from_secs(15),
+            "the short lease never expired after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(c.get("held", None).await?.count() == 1);
+    Ok(())
+}
+
+#[test]
+fn leases_survive_restart_sqlite() {
+    run_test(
+        Duration::from_secs(60),
+        leases_survive_restart(Backend::Sqlite),
+    );
+}
+
+#[test]
+fn leases_survive_restart_postgres() {
+    run_test(
+        Duration::from_secs(60),
+        leases_survive_restart(Backend::Postgres),
+    );
+}
+
 #[test]
 fn kill9_sqlite() {
     run_test(

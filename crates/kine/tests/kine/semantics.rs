@@ -724,6 +724,15 @@ async fn bad_input(s: &Server) -> Result<()> {
             ensure!(msg.contains("received message larger than max"), "{msg}");
         }
     }
+    // An inverted range is not an error in etcd: it holds no key.
+    let inverted = c.get("z", Some(GetOptions::new().with_range("a"))).await?;
+    ensure!(inverted.kvs().is_empty() && inverted.count() == 0);
+    ensure!(
+        c.delete("z", Some(DeleteOptions::new().with_range("a")))
+            .await?
+            .deleted()
+            == 0
+    );
     expect_status(
         c.get("keep", Some(GetOptions::new().with_revision(1 << 40)))
             .await,
