@@ -41,8 +41,8 @@ impl Guard {
         let rules = format!(
             "table inet {TABLE} {{\n\
                counter leaked {{ }}\n\
-               chain out {{ type filter hook output priority 0; policy accept; oifname \"{iface}\" ip daddr {{ {set} }} counter name leaked drop; }}\n\
-               chain fwd {{ type filter hook forward priority 0; policy accept; oifname \"{iface}\" ip daddr {{ {set} }} counter name leaked drop; }}\n\
+               chain guard_out {{ type filter hook output priority 0; policy accept; oifname \"{iface}\" ip daddr {{ {set} }} counter name leaked drop; }}\n\
+               chain guard_fwd {{ type filter hook forward priority 0; policy accept; oifname \"{iface}\" ip daddr {{ {set} }} counter name leaked drop; }}\n\
              }}\n"
         );
         let _ = Command::new("nft")
