@@ -43,6 +43,7 @@ pub fn up(args: &[String]) -> Result<()> {
         url if url.starts_with("postgres://") || url.starts_with("mysql://") => url.to_string(),
         other => bail!("--datastore {other:?}: use sqlite, or a postgres:// or mysql:// URL"),
     };
+    crate::deps::install_only(crate::deps::CLUSTER)?;
     eprintln!("cluster-up: building k3rs-kine");
     util::run(util::cargo().args(["build", "--quiet", "--release", "-p", "k3rs-kine"]))?;
     std::fs::create_dir_all(dir.join("server"))?;
@@ -62,16 +63,21 @@ pub fn up(args: &[String]) -> Result<()> {
     std::fs::write(&pidfile, child.id().to_string())?;
     util::wait_port(port, Duration::from_secs(30), "k3rs-kine")
         .with_context(|| format!("see {}", dir.join("kine.log").display()))?;
+    let e = format!("ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:{port}");
     println!(
-        "k3rs: only the datastore exists so far; the apiserver, controllers, scheduler and kubelet\n\
-         come with the next issues, and with them a kubeconfig at .k3rs/kubeconfig.\n\n\
-         kine (etcd v3 API) is up on http://127.0.0.1:{port}, datastore {endpoint}\n\
-         metrics: http://127.0.0.1:2381/metrics   log: .k3rs/kine.log   pid {}\n\n\
-         try:  ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:{port} put hello world\n\
-               ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:{port} get hello\n\
-         stop: cargo xtask cluster-down",
+        "k3rs: only the datastore exists so far; the apiserver, controllers, scheduler and kubelet"
+    );
+    println!("come with the next issues, and with them a kubeconfig at .k3rs/kubeconfig.");
+    println!();
+    println!("kine (etcd v3 API) is up on http://127.0.0.1:{port}, datastore {endpoint}");
+    println!(
+        "metrics: http://127.0.0.1:2381/metrics   log: .k3rs/kine.log   pid {}",
         child.id()
     );
+    println!();
+    println!("try:   {e} put hello world");
+    println!("       {e} get hello");
+    println!("stop:  cargo xtask cluster-down");
     Ok(())
 }
 

@@ -40,14 +40,22 @@ fn installed(pkg: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// What building and using a development cluster needs (a subset of `PACKAGES`).
+pub const CLUSTER: &[&str] = &["protobuf-compiler", "libprotobuf-dev", "etcd-client"];
+
+/// Installs every package tests and benchmarks need.
 pub fn install() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .filter(|(p, _)| !installed(p))
-        .map(|(p, _)| *p)
-        .collect();
+    install_only(&PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+}
+
+/// Installs those of `wanted` (names from `PACKAGES`) that are missing.
+pub fn install_only(wanted: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = wanted.iter().copied().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
-        eprintln!("deps: all {} host packages are installed", PACKAGES.len());
+        eprintln!(
+            "deps: all {} host packages needed are installed",
+            wanted.len()
+        );
         return Ok(());
     }
     for (p, why) in PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
