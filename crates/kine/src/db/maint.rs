@@ -146,19 +146,13 @@ impl Db {
                     .await?;
                 for r in &rows {
                     let row = decode_row(r)?;
-                    sqlx::query(
-                        "INSERT INTO kine_log (rev, sub, name, create_rev, prev_rev, version, lease, deleted, val) \
-                         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    super::bind_row(
+                        sqlx::query(
+                            "INSERT INTO kine_log (rev, sub, name, create_rev, prev_rev, version, lease, deleted, val) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        ),
+                        &row,
                     )
-                    .bind(row.rev)
-                    .bind(row.sub)
-                    .bind(row.key.as_ref())
-                    .bind(row.create_rev)
-                    .bind(row.prev_rev)
-                    .bind(row.version)
-                    .bind(row.lease)
-                    .bind(i64::from(row.deleted))
-                    .bind(row.value.as_ref())
                     .execute(&mut *tx_out)
                     .await?;
                 }

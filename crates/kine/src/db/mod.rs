@@ -395,6 +395,26 @@ where
     })
 }
 
+/// Binds a log row's columns in `sql::ROW_COLUMNS` order.
+pub(crate) fn bind_row<'q, DB: Database>(
+    q: sqlx::query::Query<'q, DB, <DB as Database>::Arguments>,
+    r: &Row,
+) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments>
+where
+    i64: sqlx::Encode<'static, DB> + Type<DB>,
+    for<'t> &'t [u8]: sqlx::Encode<'t, DB> + Type<DB>,
+{
+    q.bind(r.rev)
+        .bind(r.sub)
+        .bind(r.key.as_ref())
+        .bind(r.create_rev)
+        .bind(r.prev_rev)
+        .bind(r.version)
+        .bind(r.lease)
+        .bind(i64::from(r.deleted))
+        .bind(r.value.as_ref())
+}
+
 /// Binds a key range's bounds in the order `read::range_clause` names them.
 pub(crate) fn bind_range<'q, DB: Database>(
     mut q: sqlx::query::Query<'q, DB, <DB as Database>::Arguments>,

@@ -129,16 +129,7 @@ impl WriteTx {
             on_tx!(&mut self.tx, |c| {
                 let mut query = sqlx::query(AssertSqlSafe(q));
                 for r in chunk {
-                    query = query
-                        .bind(r.rev)
-                        .bind(r.sub)
-                        .bind(r.key.as_ref())
-                        .bind(r.create_rev)
-                        .bind(r.prev_rev)
-                        .bind(r.version)
-                        .bind(r.lease)
-                        .bind(i64::from(r.deleted))
-                        .bind(r.value.as_ref());
+                    query = super::bind_row(query, r);
                 }
                 query.execute(c).await?;
             });

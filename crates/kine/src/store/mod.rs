@@ -75,7 +75,15 @@ impl Store {
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, EtcdError> {
         db.init(crate::util::random_id()).await?;
+        let started = std::time::Instant::now();
         let (state, meta) = load_consistent(&db).await?;
+        tracing::info!(
+            keys = state.live_keys(),
+            revision = meta.rev,
+            compact_revision = meta.compact_rev,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded the index"
+        );
         db.lease_reset(crate::util::now_ms()).await?;
         db.member_upsert(&member, crate::util::now_ms()).await?;
         let (tx, rx) = mpsc::channel(4096);
