@@ -132,6 +132,25 @@ async fn cas_counters(backend: Backend) -> Result<()> {
         revs_b.len()
     );
     ensure!(swaps > 0, "no swap succeeded");
+    // Both processes are members, and they hash the same state alike.
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let members = ca.member_list().await?;
+    let urls: Vec<&str> = members
+        .members()
+        .iter()
+        .flat_map(|m| m.client_urls().iter().map(String::as_str))
+        .collect();
+    ensure!(
+        members.members().len() == 2
+            && urls.contains(&format!("http://{}", a.endpoint).as_str())
+            && urls.contains(&format!("http://{}", b.endpoint).as_str()),
+        "member list {urls:?}"
+    );
+    let (ha, hb) = (ca.hash_kv(head).await?, cb.hash_kv(head).await?);
+    ensure!(
+        ha.hash() == hb.hash(),
+        "hashkv at {head} differs between the processes"
+    );
     eprintln!(
         "{}: {swaps} of {} swaps succeeded through two kine processes",
         backend.name(),
