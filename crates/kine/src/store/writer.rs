@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::Store;
-use crate::db::LeaseRec;
+use crate::db::{LeaseRec, Meta, WriteTx};
 use crate::error::EtcdError;
 use crate::pb::TxnRequest;
 use crate::state::State;
@@ -185,11 +185,11 @@ impl Store {
     /// One attempt at a batch: everything or nothing is committed.
     async fn try_batch(&self, jobs: &[Job]) -> Result<Vec<Result<OpResult, EtcdError>>, EtcdError> {
         let (mut tx, meta) = self.db.begin_write().await?;
-        let applied = self.rev();
-        if meta.rev > applied {
-            // Another kine process committed since we last looked: apply its rows first.
-            let rows = tx.rows_between(applied, meta.rev).await?;
-            if self.apply_rows(&rows).is_err() || self.rev() != meta.rev {
+        match self.catch_up_locked(&mut tx, &meta).await {
+            Ok(true) => {}
+            Ok(false) => {
+                // Some revisions we lack were compacted away: rebuild (which takes the revision lock
+                // itself, so ours goes first), then the batch is retried.
                 tx.rollback().await;
                 self.resync().await?;
                 return Err(EtcdError::Storage {
@@ -197,18 +197,11 @@ impl Store {
                     retriable: true,
                 });
             }
-        } else if meta.rev < applied {
-            tx.rollback().await;
-            return Err(EtcdError::storage(format!(
-                "database revision {} is behind this process's revision {applied}: was the database restored \
-                 under a running kine? restart kine",
-                meta.rev
-            )));
+            Err(err) => {
+                tx.rollback().await;
+                return Err(err);
+            }
         }
-        if meta.compact_rev > self.compact_rev() {
-            self.note_compacted(meta.compact_rev);
-        }
-
         if let [
             Job {
                 op: Op::CompactWindow { after, upto },
@@ -216,65 +209,19 @@ impl Store {
             },
         ] = jobs
         {
-            let after = (*after).max(meta.compact_done);
-            let upto = (*upto).min(meta.compact_rev);
-            let mut deleted = 0;
-            if after < upto {
-                deleted = tx.compact_window(after, upto).await?;
-                tx.set_meta("compact_done", upto).await?;
-            }
-            tx.commit().await?;
-            self.compact_done.send_replace(upto.max(meta.compact_done));
-            self.metrics.compacted_rows.inc_by(deleted);
-            return Ok(vec![Ok(OpResult::CompactWindow { deleted })]);
+            return self.compact_window(tx, &meta, *after, *upto).await;
         }
 
-        let now = crate::util::now_ms();
-        let mut batch = Batch::new(meta.rev, meta.compact_rev, now);
-        let mut ids = Vec::new();
-        for job in jobs {
-            match &job.op {
-                Op::Txn(t) => txn::lease_ids(t, &mut ids),
-                Op::LeaseGrant { id, .. }
-                | Op::LeaseRevoke { id, .. }
-                | Op::LeaseKeepAlive { id } => ids.push(*id),
-                _ => {}
-            }
-        }
-        ids.sort_unstable();
-        ids.dedup();
-        let known = tx.leases(&ids).await?;
-        batch.leases = ids.iter().map(|id| (*id, None)).collect::<HashMap<_, _>>();
-        for rec in known {
-            batch.leases.insert(rec.id, Some(rec));
-        }
-
+        let mut batch = Batch::new(meta.rev, meta.compact_rev, crate::util::now_ms());
+        batch.leases = prefetch_leases(&mut tx, jobs).await?;
         let results: Vec<_> = {
             let st = self.state.read();
             jobs.iter()
                 .map(|job| self.eval(&st, &mut batch, &job.op))
                 .collect()
         };
-
-        if !batch.rows.is_empty() {
-            tx.insert_rows(&batch.rows).await?;
-            tx.set_meta("revision", batch.rev).await?;
-            tx.notify(batch.rev).await?;
-        }
-        for op in &batch.lease_ops {
-            match *op {
-                LeaseOp::Insert(rec) => tx.lease_insert(rec).await?,
-                LeaseOp::Touch { id, expiry } => tx.lease_touch(id, expiry).await?,
-                LeaseOp::Delete(id) => tx.lease_delete(id).await?,
-            }
-        }
         let compacted = batch.compact_rev > meta.compact_rev;
-        if compacted {
-            tx.set_meta("compact_revision", batch.compact_rev).await?;
-            if batch.rows.is_empty() {
-                tx.notify(batch.rev).await?;
-            }
-        }
+        write_staged(&mut tx, &batch, compacted).await?;
         tx.commit().await?;
 
         if !batch.rows.is_empty() && self.apply_rows(&batch.rows).is_err() {
@@ -287,6 +234,49 @@ impl Store {
             self.compact_kick.notify_one();
         }
         Ok(results)
+    }
+
+    /// Under the revision lock: applies what other kine processes committed since we last looked, so the
+    /// batch is evaluated against the newest state. `false` when the index must be rebuilt first.
+    async fn catch_up_locked(&self, tx: &mut WriteTx, meta: &Meta) -> Result<bool, EtcdError> {
+        let applied = self.rev();
+        if meta.rev > applied {
+            let rows = tx.rows_between(applied, meta.rev).await?;
+            if self.apply_rows(&rows).is_err() || self.rev() != meta.rev {
+                return Ok(false);
+            }
+        } else if meta.rev < applied {
+            return Err(EtcdError::storage(format!(
+                "database revision {} is behind this process's revision {applied}: was the database restored \
+                 under a running kine? restart kine",
+                meta.rev
+            )));
+        }
+        if meta.compact_rev > self.compact_rev() {
+            self.note_compacted(meta.compact_rev);
+        }
+        Ok(true)
+    }
+
+    /// Physically compacts one window (another process may have done part of it already).
+    async fn compact_window(
+        &self,
+        mut tx: WriteTx,
+        meta: &Meta,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<Result<OpResult, EtcdError>>, EtcdError> {
+        let after = after.max(meta.compact_done);
+        let upto = upto.min(meta.compact_rev);
+        let mut deleted = 0;
+        if after < upto {
+            deleted = tx.compact_window(after, upto).await?;
+            tx.set_meta("compact_done", upto).await?;
+        }
+        tx.commit().await?;
+        self.compact_done.send_replace(upto.max(meta.compact_done));
+        self.metrics.compacted_rows.inc_by(deleted);
+        Ok(vec![Ok(OpResult::CompactWindow { deleted })])
     }
 
     /// Evaluates one operation into the batch. Errors reject that operation only.
@@ -385,4 +375,50 @@ impl Store {
             Op::CompactWindow { .. } => Ok(OpResult::CompactWindow { deleted: 0 }),
         }
     }
+}
+
+/// Reads every lease the batch's operations name (absent ones as `None`).
+async fn prefetch_leases(
+    tx: &mut WriteTx,
+    jobs: &[Job],
+) -> Result<HashMap<i64, Option<LeaseRec>>, EtcdError> {
+    let mut ids = Vec::new();
+    for job in jobs {
+        match &job.op {
+            Op::Txn(t) => txn::lease_ids(t, &mut ids),
+            Op::LeaseGrant { id, .. } | Op::LeaseRevoke { id, .. } | Op::LeaseKeepAlive { id } => {
+                ids.push(*id)
+            }
+            _ => {}
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut leases: HashMap<i64, Option<LeaseRec>> = ids.iter().map(|id| (*id, None)).collect();
+    for rec in tx.leases(&ids).await? {
+        leases.insert(rec.id, Some(rec));
+    }
+    Ok(leases)
+}
+
+/// Writes the batch's staged rows, revision, lease changes and compaction revision.
+async fn write_staged(tx: &mut WriteTx, batch: &Batch, compacted: bool) -> Result<(), EtcdError> {
+    if !batch.rows.is_empty() {
+        tx.insert_rows(&batch.rows).await?;
+        tx.set_meta("revision", batch.rev).await?;
+    }
+    for op in &batch.lease_ops {
+        match *op {
+            LeaseOp::Insert(rec) => tx.lease_insert(rec).await?,
+            LeaseOp::Touch { id, expiry } => tx.lease_touch(id, expiry).await?,
+            LeaseOp::Delete(id) => tx.lease_delete(id).await?,
+        }
+    }
+    if compacted {
+        tx.set_meta("compact_revision", batch.compact_rev).await?;
+    }
+    if !batch.rows.is_empty() || compacted {
+        tx.notify(batch.rev).await?;
+    }
+    Ok(())
 }
