@@ -171,15 +171,7 @@ fn start(
         kine => {
             let datastore = match kine {
                 Subject::KineSqlite => format!("sqlite://{}", dir.join("db/state.db").display()),
-                Subject::KinePostgres => {
-                    let base = fixtures
-                        .postgres_url
-                        .rsplit_once('/')
-                        .map_or("", |(b, _)| b)
-                        .to_string();
-                    format!("{base}/bench_{round}_{}", std::process::id())
-                }
-                _ => format!("{}bench_{round}_{}", fixtures.mysql_url, std::process::id()),
+                _ => shared_datastore(kine, fixtures, round),
             };
             Daemon::spawn(
                 "k3rs-kine",
@@ -192,6 +184,36 @@ fn start(
         }
     };
     util::wait_port(port, Duration::from_secs(60), subject.name())?;
+    Ok((daemon, endpoint))
+}
+
+/// The database a kine subject on PostgreSQL or MariaDB uses in a round.
+fn shared_datastore(subject: Subject, fixtures: &Fixtures, round: usize) -> String {
+    let name = format!("bench_{round}_{}", std::process::id());
+    match subject {
+        Subject::KinePostgres => {
+            let base = fixtures
+                .postgres_url
+                .rsplit_once('/')
+                .map_or("", |(b, _)| b);
+            format!("{base}/{name}")
+        }
+        _ => format!("{}{name}", fixtures.mysql_url),
+    }
+}
+
+fn start_peer(datastore: &str, dir: &Path) -> Result<(Daemon, String)> {
+    let port = util::free_port()?;
+    let endpoint = format!("127.0.0.1:{port}");
+    let daemon = Daemon::spawn(
+        "k3rs-kine (peer)",
+        Command::new(util::root().join("target/release/k3rs-kine"))
+            .arg("--endpoint")
+            .arg(datastore)
+            .args(["--listen-address", &endpoint, "--metrics-bind-address", ""]),
+        &dir.join("server.log"),
+    )?;
+    util::wait_port(port, Duration::from_secs(60), "peer kine")?;
     Ok((daemon, endpoint))
 }
 
@@ -215,15 +237,33 @@ fn run_subject(
             .or_default()
             .push(rss);
     }
-    for w in WORKLOADS {
-        let out = loadgen(&endpoint, w, &[])?;
+    let mut record = |name: &str, out: &str| -> Result<()> {
         for metric in ["ops_per_sec", "p50_ms", "p99_ms"] {
-            let v = json_number(&out, metric).with_context(|| format!("{metric} in {out}"))?;
+            let v = json_number(out, metric).with_context(|| format!("{metric} in {out}"))?;
             results
-                .entry((subject, format!("{w}.{metric}")))
+                .entry((subject, format!("{name}.{metric}")))
                 .or_default()
                 .push(v);
         }
+        Ok(())
+    };
+    for w in WORKLOADS {
+        record(w, &loadgen(&endpoint, w, &[])?)?;
+    }
+    if matches!(subject, Subject::KinePostgres | Subject::KineMysql) {
+        // A second kine on the same database: writes through one, watched through the other.
+        let peer_dir = dir.join("peer");
+        std::fs::create_dir_all(&peer_dir)?;
+        let (mut peer, peer_endpoint) =
+            start_peer(&shared_datastore(subject, fixtures, round), &peer_dir)?;
+        let args = [
+            "--watch-endpoint",
+            peer_endpoint.as_str(),
+            "--prefix",
+            "peer/",
+        ];
+        record("watch_peer", &loadgen(&endpoint, "watch", &args)?)?;
+        peer.stop();
     }
     daemon.stop();
     let _ = std::fs::remove_dir_all(&dir);
@@ -436,7 +476,7 @@ fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String>
     )?;
     writeln!(
         md,
-        "- **watch**: one watcher on a prefix, 4 writers putting 2,000 keys at a steady rate; latency from before the put to the event's arrival"
+        "- **watch**: one watcher on a prefix, 4 writers putting 2,000 keys at a steady rate; latency from before the put to the event's arrival (for PostgreSQL and MariaDB also with the watcher on a second kine process)"
     )?;
     writeln!(
         md,
@@ -473,6 +513,37 @@ fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String>
         md,
         "\nRatios are kine/SQLite relative to etcd, oriented so that above 1 means kine is better."
     )?;
+    writeln!(md, "\n### Across kine processes\n")?;
+    writeln!(
+        md,
+        "Two kine processes on one database; 4 writers put through the first, the watcher listens on the \
+         second (PostgreSQL: LISTEN/NOTIFY; MariaDB: 50 ms polling). Target: within 100 ms.\n"
+    )?;
+    writeln!(
+        md,
+        "| metric | kine/PostgreSQL | kine/MariaDB | target | met |"
+    )?;
+    writeln!(md, "|---|---:|---:|---|---|")?;
+    for (label, metric) in [
+        ("put→event p50", "watch_peer.p50_ms"),
+        ("put→event p99", "watch_peer.p99_ms"),
+    ] {
+        let (p, m) = (
+            get(Subject::KinePostgres, metric),
+            get(Subject::KineMysql, metric),
+        );
+        let met = if p <= 100.0 && m <= 100.0 {
+            "pass"
+        } else {
+            "**miss**"
+        };
+        writeln!(
+            md,
+            "| {label} | {} | {} | ≤ 100 ms | {met} |",
+            fmt(p, "ms"),
+            fmt(m, "ms")
+        )?;
+    }
     writeln!(md, "\n## Every round\n")?;
     writeln!(md, "| subject | metric | values |")?;
     writeln!(md, "|---|---|---|")?;

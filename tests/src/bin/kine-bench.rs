@@ -4,6 +4,7 @@
 //! usage: kine-bench --endpoint HOST:PORT --workload create|update|get|list|watch
 //!                   [--clients 16] [--keys 20000] [--value-size 1024] [--ops 50000]
 //!                   [--list-keys 10000] [--page 500] [--prefix bench/]
+//!                   [--watch-endpoint HOST:PORT]  (watch: watch through another server than the writers)
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ struct Args {
     list_keys: usize,
     page: i64,
     prefix: String,
+    watch_endpoint: Option<String>,
 }
 
 fn parse() -> Result<Args> {
@@ -37,6 +39,7 @@ fn parse() -> Result<Args> {
         list_keys: 10_000,
         page: 500,
         prefix: "bench/".into(),
+        watch_endpoint: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -51,6 +54,7 @@ fn parse() -> Result<Args> {
             "--list-keys" => a.list_keys = val()?.parse()?,
             "--page" => a.page = val()?.parse()?,
             "--prefix" => a.prefix = val()?,
+            "--watch-endpoint" => a.watch_endpoint = Some(val()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -291,7 +295,8 @@ async fn list(a: Args) -> Result<Sample> {
 /// Put→event latency: a watcher on the prefix, writers stamping each key's send time.
 async fn watch(a: Args) -> Result<Sample> {
     let prefix = format!("{}watch/", a.prefix);
-    let mut wc = Client::connect([a.endpoint.as_str()], None).await?;
+    let watch_at = a.watch_endpoint.as_deref().unwrap_or(&a.endpoint);
+    let mut wc = Client::connect([watch_at], None).await?;
     let mut ws = wc
         .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
         .await?;
