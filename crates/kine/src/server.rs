@@ -18,6 +18,9 @@ use crate::store::Store;
 type RpcResult<T> = Result<Response<T>, Status>;
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
+const MEMBERSHIP: &str =
+    "the members are the kine processes serving the database; start or stop one instead";
+
 /// Chunk size for snapshot and range streams.
 const STREAM_CHUNK: usize = 64 * 1024;
 
@@ -59,9 +62,10 @@ impl Service {
         }
     }
 
-    fn unsupported(what: &str) -> Status {
+    /// An etcd RPC with no meaning for a SQL-backed store, with why.
+    fn unsupported(what: &str, why: &str) -> Status {
         EtcdError::Unsupported(format!(
-            "etcdserver: {what} is not supported by kine (membership follows the kine processes serving the database)"
+            "etcdserver: {what} is not supported by kine: {why}"
         ))
         .into()
     }
@@ -254,21 +258,21 @@ impl LeaseService for Service {
 #[tonic::async_trait]
 impl ClusterService for Service {
     async fn member_add(&self, _r: Request<MemberAddRequest>) -> RpcResult<MemberAddResponse> {
-        Err(Self::unsupported("member add"))
+        Err(Self::unsupported("member add", MEMBERSHIP))
     }
 
     async fn member_remove(
         &self,
         _r: Request<MemberRemoveRequest>,
     ) -> RpcResult<MemberRemoveResponse> {
-        Err(Self::unsupported("member remove"))
+        Err(Self::unsupported("member remove", MEMBERSHIP))
     }
 
     async fn member_update(
         &self,
         _r: Request<MemberUpdateRequest>,
     ) -> RpcResult<MemberUpdateResponse> {
-        Err(Self::unsupported("member update"))
+        Err(Self::unsupported("member update", MEMBERSHIP))
     }
 
     async fn member_list(&self, _r: Request<MemberListRequest>) -> RpcResult<MemberListResponse> {
@@ -279,7 +283,7 @@ impl ClusterService for Service {
         &self,
         _r: Request<MemberPromoteRequest>,
     ) -> RpcResult<MemberPromoteResponse> {
-        Err(Self::unsupported("member promote"))
+        Err(Self::unsupported("member promote", MEMBERSHIP))
     }
 }
 
@@ -380,10 +384,16 @@ impl MaintenanceService for Service {
     }
 
     async fn move_leader(&self, _r: Request<MoveLeaderRequest>) -> RpcResult<MoveLeaderResponse> {
-        Err(Self::unsupported("move leader"))
+        Err(Self::unsupported(
+            "move leader",
+            "every kine process serves writes; there is no leader to move",
+        ))
     }
 
     async fn downgrade(&self, _r: Request<DowngradeRequest>) -> RpcResult<DowngradeResponse> {
-        Err(Self::unsupported("downgrade"))
+        Err(Self::unsupported(
+            "downgrade",
+            "the storage format is SQL, not an etcd version",
+        ))
     }
 }

@@ -166,31 +166,16 @@ impl State {
             self.detach(p.lease, &row.key);
             self.live -= 1;
         }
-        if row.deleted {
-            self.map.insert(row.key.clone(), Slot::Dead(row.rev));
-            Event {
-                deleted: true,
-                kv: Arc::new(KvData {
-                    key: row.key.clone(),
-                    create_rev: 0,
-                    mod_rev: row.rev,
-                    version: 0,
-                    lease: 0,
-                    value: Bytes::new(),
-                }),
-                prev,
-            }
+        let event = row.event(prev);
+        let slot = if row.deleted {
+            Slot::Dead(row.rev)
         } else {
-            let kv = Arc::new(row.kv());
-            self.attach(kv.lease, &row.key);
+            self.attach(row.lease, &row.key);
             self.live += 1;
-            self.map.insert(row.key.clone(), Slot::Live(kv.clone()));
-            Event {
-                deleted: false,
-                kv,
-                prev,
-            }
-        }
+            Slot::Live(event.kv.clone())
+        };
+        self.map.insert(row.key.clone(), slot);
+        event
     }
 
     /// Records a compaction to `rev`: tombstones at or below it are of no further use.

@@ -34,6 +34,18 @@ impl KvData {
         }
     }
 
+    /// What a delete event carries: the key and the delete's revision.
+    pub fn tombstone(key: Bytes, rev: i64) -> Self {
+        Self {
+            key,
+            create_rev: 0,
+            mod_rev: rev,
+            version: 0,
+            lease: 0,
+            value: Bytes::new(),
+        }
+    }
+
     /// Approximate heap cost, for the watch ring's byte budget.
     pub fn size(&self) -> usize {
         self.key.len() + self.value.len() + 48
@@ -59,6 +71,20 @@ pub struct Row {
 }
 
 impl Row {
+    /// The event this row records, given the key-value it replaced.
+    pub fn event(&self, prev: Option<Arc<KvData>>) -> Event {
+        let kv = if self.deleted {
+            KvData::tombstone(self.key.clone(), self.rev)
+        } else {
+            self.kv()
+        };
+        Event {
+            deleted: self.deleted,
+            kv: Arc::new(kv),
+            prev,
+        }
+    }
+
     /// The key-value a put row describes.
     pub fn kv(&self) -> KvData {
         KvData {

@@ -14,7 +14,7 @@ use crate::error::EtcdError;
 use crate::hub::Since;
 use crate::pb::{self, WatchRequest, WatchRequestUnion, WatchResponse, filter_type};
 use crate::store::Store;
-use crate::types::{Event, KeyRange, KvData};
+use crate::types::{Event, KeyRange};
 
 /// Revisions read per history query.
 const HISTORY_WINDOW: i64 = 1000;
@@ -73,8 +73,10 @@ pub fn serve(
         };
         let res = s.run(inbound, progress_interval).await;
         s.store.metrics.watchers.dec_by(s.watchers.len() as i64);
-        if let Err(err) = res {
-            tracing::debug!(%err, "watch stream ended");
+        if let Err(End::Status(status)) = res {
+            tracing::debug!(%status, "watch stream ended with an error");
+            // Tell the client why, rather than ending the stream as if all were well.
+            let _ = s.out.send(Err(status)).await;
         }
     });
     rx
@@ -324,22 +326,7 @@ impl WatchStream {
         }
         let events = rows
             .into_iter()
-            .map(|(row, prev)| Event {
-                deleted: row.deleted,
-                kv: Arc::new(if row.deleted {
-                    KvData {
-                        key: row.key.clone(),
-                        create_rev: 0,
-                        mod_rev: row.rev,
-                        version: 0,
-                        lease: 0,
-                        value: bytes::Bytes::new(),
-                    }
-                } else {
-                    row.kv()
-                }),
-                prev: prev.map(Arc::new),
-            })
+            .map(|(row, prev)| row.event(prev.map(Arc::new)))
             .filter(|ev| w.wants(ev))
             .map(|ev| ev.to_pb(w.prev_kv))
             .collect();
