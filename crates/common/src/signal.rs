@@ -8,8 +8,9 @@ pub fn shutdown_token() -> CancellationToken {
     let child = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown signal received, stopping (send again to exit immediately)");
+        // Cancel before logging: nothing that can fail may stand between the signal and the stop.
         child.cancel();
+        tracing::info!("shutdown signal received, stopping (send again to exit immediately)");
         wait_for_signal().await;
         tracing::warn!("second shutdown signal, exiting immediately");
         std::process::exit(130);

@@ -1,5 +1,6 @@
 //! `k3rs-kine`: serves the etcd v3 API over SQLite, PostgreSQL or MySQL (flags as K3s's kine, each also `K3RS_*`).
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -129,7 +130,7 @@ fn main() -> ExitCode {
     let config = match args.into_config() {
         Ok(c) => c,
         Err(err) => {
-            eprintln!("k3rs-kine: {err}");
+            let _ = writeln!(std::io::stderr(), "k3rs-kine: {err}");
             return ExitCode::from(2);
         }
     };
@@ -139,7 +140,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("k3rs-kine: starting the runtime: {err}");
+            let _ = writeln!(std::io::stderr(), "k3rs-kine: starting the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
@@ -149,7 +150,7 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 tracing::error!("{err}");
-                eprintln!("k3rs-kine: {err}");
+                let _ = writeln!(std::io::stderr(), "k3rs-kine: {err}");
                 ExitCode::FAILURE
             }
         }
