@@ -115,15 +115,8 @@ impl Event {
 
     /// The protobuf form; `prev_kv` only when the watcher asked for it.
     pub fn to_pb(&self, with_prev: bool) -> pb::Event {
-        let kv = if self.deleted {
-            pb::KeyValue {
-                key: self.kv.key.to_vec(),
-                mod_revision: self.kv.mod_rev,
-                ..Default::default()
-            }
-        } else {
-            self.kv.to_pb(false)
-        };
+        // A delete's key-value is a tombstone: key and revision, the rest zero.
+        let kv = self.kv.to_pb(false);
         pb::Event {
             r#type: if self.deleted {
                 pb::event_type::DELETE

@@ -308,16 +308,7 @@ impl WatchStream {
             .history(&w.range, w.cursor, upto, w.prev_kv)
             .await
             .map_err(Status::from)?;
-        let compact = if self.store.db.dialect.shared() {
-            self.store
-                .db
-                .meta()
-                .await
-                .map_err(Status::from)?
-                .compact_rev
-        } else {
-            self.store.compact_rev()
-        };
+        let compact = self.store.compact_rev_now().await.map_err(Status::from)?;
         if w.cursor < compact {
             self.watchers.remove(&id);
             self.store.metrics.watchers.dec();

@@ -120,21 +120,8 @@ impl Store {
         txn::check_put(&req)?;
         self.check_size(&req)?;
         self.check_key_len(&req.key)?;
-        let resp = self
-            .run_txn(TxnRequest {
-                compare: Vec::new(),
-                success: vec![RequestOp {
-                    request: Some(OpRequest::RequestPut(req)),
-                }],
-                failure: Vec::new(),
-            })
-            .await?;
-        let rev = resp.header.map_or(0, |h| h.revision);
-        match resp.responses.into_iter().next().and_then(|r| r.response) {
-            Some(OpResponse::ResponsePut(p)) => Ok(PutResponse {
-                header: Some(self.header(rev)),
-                ..p
-            }),
+        match self.run_single(OpRequest::RequestPut(req)).await? {
+            (OpResponse::ResponsePut(p), header) => Ok(PutResponse { header, ..p }),
             _ => Err(EtcdError::storage("put produced no response")),
         }
     }
@@ -145,23 +132,33 @@ impl Store {
     ) -> Result<DeleteRangeResponse, EtcdError> {
         txn::check_delete(&req)?;
         self.check_size(&req)?;
+        match self.run_single(OpRequest::RequestDeleteRange(req)).await? {
+            (OpResponse::ResponseDeleteRange(d), header) => Ok(DeleteRangeResponse { header, ..d }),
+            _ => Err(EtcdError::storage("delete produced no response")),
+        }
+    }
+
+    /// Runs one op as a txn without compares (as etcd applies Put and DeleteRange); returns its response
+    /// and the full header it gets as a top-level response.
+    async fn run_single(
+        &self,
+        op: OpRequest,
+    ) -> Result<(OpResponse, Option<crate::pb::ResponseHeader>), EtcdError> {
         let resp = self
             .run_txn(TxnRequest {
                 compare: Vec::new(),
-                success: vec![RequestOp {
-                    request: Some(OpRequest::RequestDeleteRange(req)),
-                }],
+                success: vec![RequestOp { request: Some(op) }],
                 failure: Vec::new(),
             })
             .await?;
-        let rev = resp.header.map_or(0, |h| h.revision);
-        match resp.responses.into_iter().next().and_then(|r| r.response) {
-            Some(OpResponse::ResponseDeleteRange(d)) => Ok(DeleteRangeResponse {
-                header: Some(self.header(rev)),
-                ..d
-            }),
-            _ => Err(EtcdError::storage("delete produced no response")),
-        }
+        let header = resp.header;
+        let op = resp
+            .responses
+            .into_iter()
+            .next()
+            .and_then(|r| r.response)
+            .ok_or_else(|| EtcdError::storage("txn produced no response"))?;
+        Ok((op, header))
     }
 
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, EtcdError> {

@@ -202,7 +202,7 @@ impl Store {
     }
 
     /// The compaction revision as the database has it now (other processes may have compacted).
-    async fn compact_rev_now(&self) -> Result<i64, EtcdError> {
+    pub(crate) async fn compact_rev_now(&self) -> Result<i64, EtcdError> {
         if self.db.dialect.shared() {
             Ok(self.db.meta().await?.compact_rev)
         } else {
