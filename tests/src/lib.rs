@@ -1,10 +1,12 @@
 //! Shared test support for k3rs: start component processes and real fixtures (etcd, databases), wait for
 //! them with timeouts, drive them with real clients, and clean up (by PID) even when a test fails.
 
+pub mod apiserver;
 pub mod etcdctl;
 pub mod process;
 pub mod store;
 
+pub use apiserver::Cluster;
 pub use process::{Proc, free_port, target_bin};
 pub use store::{Backend, Server, ServerOptions};
 

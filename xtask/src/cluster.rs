@@ -1,15 +1,60 @@
 //! `cargo xtask cluster-up` / `cluster-down`: a development cluster under `.k3rs/` at the repository root.
-//! Only kine exists so far, so that is what it starts (on SQLite by default); the launcher will replace it.
+//! So far that is kine (on SQLite by default) and the apiserver on 127.0.0.1:6443; the launcher will replace
+//! these separate processes, and the controllers, scheduler and kubelet join as they land.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::util;
 
-fn state_dir() -> std::path::PathBuf {
+fn state_dir() -> PathBuf {
     util::root().join(".k3rs")
+}
+
+/// The daemons in start order (stopped in reverse).
+const DAEMONS: &[&str] = &["kine", "apiserver"];
+
+fn running(pidfile: &Path) -> Option<String> {
+    let pid = std::fs::read_to_string(pidfile).ok()?;
+    Path::new(&format!("/proc/{}", pid.trim()))
+        .exists()
+        .then(|| pid.trim().to_string())
+}
+
+fn spawn(dir: &Path, name: &str, cmd: &mut Command) -> Result<u32> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting k3rs-{name}"))?;
+    std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string())?;
+    Ok(child.id())
+}
+
+fn wait_log(dir: &Path, name: &str, line: &str, timeout: Duration) -> Result<()> {
+    let log = dir.join(format!("{name}.log"));
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(line)
+        {
+            return Ok(());
+        }
+        if running(&dir.join(format!("{name}.pid"))).is_none() {
+            bail!("k3rs-{name} exited; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!(
+        "k3rs-{name} not ready within {timeout:?}; see {}",
+        log.display()
+    )
 }
 
 pub fn up(args: &[String]) -> Result<()> {
@@ -29,14 +74,12 @@ pub fn up(args: &[String]) -> Result<()> {
         }
     }
     let dir = state_dir();
-    let pidfile = dir.join("kine.pid");
-    if let Ok(pid) = std::fs::read_to_string(&pidfile)
-        && std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
-    {
-        bail!(
-            "a cluster is already up (kine pid {}); run `cargo xtask cluster-down` first",
-            pid.trim()
-        );
+    for name in DAEMONS {
+        if let Some(pid) = running(&dir.join(format!("{name}.pid"))) {
+            bail!(
+                "a cluster is already up ({name} pid {pid}); run `cargo xtask cluster-down` first"
+            );
+        }
     }
     let endpoint = match datastore.as_str() {
         "sqlite" => format!("sqlite://{}", dir.join("server/db/state.db").display()),
@@ -44,60 +87,103 @@ pub fn up(args: &[String]) -> Result<()> {
         other => bail!("--datastore {other:?}: use sqlite, or a postgres:// or mysql:// URL"),
     };
     crate::deps::install_only(crate::deps::CLUSTER)?;
-    eprintln!("cluster-up: building k3rs-kine");
-    util::run(util::cargo().args(["build", "--quiet", "--release", "-p", "k3rs-kine"]))?;
+    eprintln!("cluster-up: building k3rs-kine and k3rs-apiserver (release)");
+    util::run(util::cargo().args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "k3rs-kine",
+        "-p",
+        "k3rs-apiserver",
+    ]))?;
     std::fs::create_dir_all(dir.join("server"))?;
-    let port = 2379;
-    let log = std::fs::File::create(dir.join("kine.log"))?;
-    let child = Command::new(util::root().join("target/release/k3rs-kine"))
-        .arg("--endpoint")
-        .arg(&endpoint)
-        .arg("--listen-address")
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["--metrics-bind-address", "127.0.0.1:2381"])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting k3rs-kine")?;
-    std::fs::write(&pidfile, child.id().to_string())?;
-    util::wait_port(port, Duration::from_secs(30), "k3rs-kine")
-        .with_context(|| format!("see {}", dir.join("kine.log").display()))?;
-    let e = format!("ETCDCTL_API=3 etcdctl --endpoints=127.0.0.1:{port}");
+    let bin = |name: &str| util::root().join("target/release").join(name);
+    let sock = dir.join("server/kine.sock");
+    let _ = std::fs::remove_file(&sock);
+    eprintln!("cluster-up: starting kine ({endpoint})");
+    spawn(
+        &dir,
+        "kine",
+        Command::new(bin("k3rs-kine"))
+            .arg("--endpoint")
+            .arg(&endpoint)
+            .arg("--listen-address")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--metrics-bind-address", "127.0.0.1:2381"]),
+    )?;
+    wait_log(
+        &dir,
+        "kine",
+        "serving the etcd API",
+        Duration::from_secs(30),
+    )?;
+    eprintln!("cluster-up: starting the apiserver on https://127.0.0.1:6443");
+    spawn(
+        &dir,
+        "apiserver",
+        Command::new(bin("k3rs-apiserver"))
+            .arg("--etcd-servers")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--bind-address", "127.0.0.1", "--secure-port", "6443"]),
+    )?;
+    wait_log(
+        &dir,
+        "apiserver",
+        "apiserver ready",
+        Duration::from_secs(60),
+    )?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::copy(dir.join("server/cred/admin.kubeconfig"), &kubeconfig)?;
     println!(
-        "k3rs: only the datastore exists so far; the apiserver, controllers, scheduler and kubelet"
+        "k3rs is up: kine over {} and the apiserver on https://127.0.0.1:6443",
+        sock.display()
     );
-    println!("come with the next issues, and with them a kubeconfig at .k3rs/kubeconfig.");
-    println!();
-    println!("kine (etcd v3 API) is up on http://127.0.0.1:{port}, datastore {endpoint}");
     println!(
-        "metrics: http://127.0.0.1:2381/metrics   log: .k3rs/kine.log   pid {}",
-        child.id()
+        "(no controllers, scheduler or kubelet yet: objects are stored and served, pods do not run)"
     );
     println!();
-    println!("try:   {e} put hello world");
-    println!("       {e} get hello");
+    println!("kubeconfig: {}", kubeconfig.display());
+    println!("try:   export KUBECONFIG={}", kubeconfig.display());
+    println!("       kubectl get namespaces");
+    println!(
+        "logs:  .k3rs/kine.log .k3rs/apiserver.log   metrics (kine): http://127.0.0.1:2381/metrics"
+    );
     println!("stop:  cargo xtask cluster-down");
     Ok(())
 }
 
 pub fn down() -> Result<()> {
-    let pidfile = state_dir().join("kine.pid");
-    let Ok(pid) = std::fs::read_to_string(&pidfile) else {
-        eprintln!("cluster-down: nothing is running");
-        return Ok(());
-    };
-    let pid: u32 = pid.trim().parse().context("reading .k3rs/kine.pid")?;
-    if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        util::terminate(pid);
-        for _ in 0..100 {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                break;
+    let dir = state_dir();
+    let mut stopped = false;
+    for name in DAEMONS.iter().rev() {
+        let pidfile = dir.join(format!("{name}.pid"));
+        let Ok(pid) = std::fs::read_to_string(&pidfile) else {
+            continue;
+        };
+        let pid: u32 = pid
+            .trim()
+            .parse()
+            .with_context(|| format!("reading {}", pidfile.display()))?;
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            util::terminate(pid);
+            for _ in 0..100 {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
+            eprintln!("cluster-down: stopped {name} (pid {pid})");
+            stopped = true;
         }
-        eprintln!("cluster-down: stopped kine (pid {pid}); data stays in .k3rs/server");
+        std::fs::remove_file(pidfile)?;
     }
-    std::fs::remove_file(pidfile)?;
+    if stopped {
+        eprintln!("cluster-down: data stays in .k3rs/server");
+    } else {
+        eprintln!("cluster-down: nothing is running");
+    }
     Ok(())
 }

@@ -30,9 +30,17 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "ip, to find the default route for the guard table",
     ),
     ("procps", "ps/kill, to stop fixtures by PID"),
+    (
+        "kubernetes-client",
+        "kubectl, the client the apiserver tests drive (skipped when /usr/bin/kubectl exists)",
+    ),
 ];
 
 fn installed(pkg: &str) -> bool {
+    // Any kubectl will do; a newer one than Debian's may already be on the machine.
+    if pkg == "kubernetes-client" && std::path::Path::new("/usr/bin/kubectl").exists() {
+        return true;
+    }
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
         .output()
@@ -41,7 +49,12 @@ fn installed(pkg: &str) -> bool {
 }
 
 /// What building and using a development cluster needs (a subset of `PACKAGES`).
-pub const CLUSTER: &[&str] = &["protobuf-compiler", "libprotobuf-dev", "etcd-client"];
+pub const CLUSTER: &[&str] = &[
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-client",
+    "kubernetes-client",
+];
 
 /// Installs every package tests and benchmarks need.
 pub fn install() -> Result<()> {

@@ -1,7 +1,8 @@
-//! Project automation: `cargo xtask deps|test|bench|cluster-up|cluster-down` (see README.md).
+//! Project automation: `cargo xtask deps|test|bench|cluster-up|cluster-down|codegen` (see README.md).
 
 mod bench;
 mod cluster;
+mod codegen;
 mod deps;
 mod fixtures;
 mod guard;
@@ -19,8 +20,9 @@ commands:
   bench <name>            run a benchmark beside its peer; writes docs/benchmarks/<name>.md
                           (names: kine)
   cluster-up [--datastore sqlite|postgres|mysql]
-                          start what exists of a cluster (today: kine) and say how to use it
+                          start what exists of a cluster (today: kine and the apiserver), print the kubeconfig
   cluster-down            stop what cluster-up started
+  codegen                 regenerate crates/apiserver/src/schema/k8s.schema from k8s-pb and k8s-openapi
   fixtures                start PostgreSQL and MariaDB for running tests by hand; prints the env to export";
 
 fn main() {
@@ -43,6 +45,7 @@ fn run() -> Result<()> {
         "bench" => bench::run(rest),
         "cluster-up" => cluster::up(rest),
         "cluster-down" => cluster::down(),
+        "codegen" => codegen::run(),
         "fixtures" => fixtures::interactive(),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");

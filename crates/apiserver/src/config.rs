@@ -1,0 +1,63 @@
+//! The apiserver's configuration (filled by the binary's or the launcher's flags).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::storage::EtcdTls;
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Comma-separated etcd endpoints: `unix:///path`, `http(s)://host:port`.
+    pub etcd_servers: String,
+    pub etcd_tls: EtcdTls,
+    pub data_dir: PathBuf,
+    pub bind_address: IpAddr,
+    pub secure_port: u16,
+    /// The address clients and the `kubernetes` Service use; defaults to the bind address (or 127.0.0.1).
+    pub advertise_address: Option<IpAddr>,
+    pub service_cluster_ip_range: String,
+    pub service_node_port_range: String,
+    pub tls_sans: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            etcd_servers: "http://127.0.0.1:2379".into(),
+            etcd_tls: EtcdTls::default(),
+            data_dir: PathBuf::from("/var/lib/k3rs"),
+            bind_address: IpAddr::from([0, 0, 0, 0]),
+            secure_port: 6443,
+            advertise_address: None,
+            service_cluster_ip_range: "10.43.0.0/16".into(),
+            service_node_port_range: "30000-32767".into(),
+            tls_sans: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// The advertised address.
+    pub fn advertise(&self) -> IpAddr {
+        self.advertise_address
+            .unwrap_or(if self.bind_address.is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                self.bind_address
+            })
+    }
+
+    /// The URL the admin kubeconfig points at.
+    pub fn local_url(&self, port: u16) -> String {
+        let host = if self.bind_address.is_unspecified() || self.bind_address.is_loopback() {
+            "127.0.0.1".to_string()
+        } else {
+            match self.bind_address {
+                IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            }
+        };
+        format!("https://{host}:{port}")
+    }
+}

@@ -1,0 +1,294 @@
+//! The generic REST handlers: routing of a request to discovery, health or a resource verb, and the shared
+//! pieces (responses, body decoding, stored-object conversion) every verb uses.
+
+mod delete;
+mod list;
+mod read;
+mod subresource;
+mod watch;
+mod write;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use serde_json::Value;
+
+use crate::api::Api;
+use crate::auth::UserInfo;
+use crate::request::{self, Query, RequestInfo};
+use crate::resources::ResourceInfo;
+use crate::status::ApiError;
+use crate::storage::{StorageError, Stored};
+
+/// Response bodies: whole JSON documents or streamed watch events.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Upstream's request body limit (3 MiB).
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A JSON response.
+pub fn json_response(status: u16, value: &Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// A Status response for an error.
+pub fn error_response(err: &ApiError) -> Response<Body> {
+    json_response(err.code, &err.to_status())
+}
+
+/// A plain-text response.
+pub fn text_response(status: u16, text: impl Into<String>) -> Response<Body> {
+    let mut resp = Response::new(full(text.into()));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+impl From<StorageError> for ApiError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::Compacted(_) => ApiError::expired(
+                "The resourceVersion for the provided list is too old.".to_string(),
+            ),
+            StorageError::TooLarge => ApiError {
+                code: 413,
+                reason: "RequestEntityTooLarge",
+                message: "etcdserver: request is too large".into(),
+                details: None,
+            },
+            StorageError::Etcd(e) => ApiError::internal(e),
+        }
+    }
+}
+
+/// Reads the whole request body (at most [`MAX_BODY_BYTES`]).
+pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::too_large(MAX_BODY_BYTES))
+        }
+        Err(err) => Err(ApiError::bad_request(format!(
+            "error reading request body: {err}"
+        ))),
+    }
+}
+
+/// The media type of a request, without parameters.
+pub fn content_type(req_headers: &hyper::HeaderMap) -> String {
+    req_headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|| "application/json".into())
+}
+
+/// Decodes an object body (JSON; YAML media types are refused with 415 until supported).
+pub fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    match content_type {
+        "application/json" | "" | "*/*" => {}
+        other => return Err(ApiError::unsupported_media_type(other)),
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        ApiError::bad_request(format!(
+            "error decoding request body: couldn't get version/kind; json parse error: {err}"
+        ))
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "error decoding request body: json: cannot unmarshal {} into Go value of type struct",
+            kind_of(&value)
+        )));
+    }
+    Ok(value)
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Array(_) => "array",
+        Value::String(_) => "string",
+        Value::Number(_) => "number",
+        Value::Bool(_) => "bool",
+        Value::Null => "null",
+        Value::Object(_) => "object",
+    }
+}
+
+/// A stored object as clients see it: `metadata.resourceVersion` is the key's mod revision.
+pub fn to_output(stored: &Stored) -> Result<Value, ApiError> {
+    let mut value: Value = serde_json::from_slice(&stored.value).map_err(|err| {
+        ApiError::internal(format!("decoding stored object {}: {err}", stored.key))
+    })?;
+    set_resource_version(&mut value, stored.mod_revision);
+    Ok(value)
+}
+
+pub fn set_resource_version(value: &mut Value, rev: i64) {
+    crate::meta::metadata_mut(value).insert("resourceVersion".into(), rev.to_string().into());
+}
+
+/// The bytes stored for an object: JSON without `metadata.resourceVersion`.
+pub fn to_stored(value: &Value) -> Vec<u8> {
+    let mut v = value.clone();
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+        meta.remove("selfLink");
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// A resource request after routing: the resource, the parsed path and query.
+pub struct Target {
+    pub info: Arc<ResourceInfo>,
+    pub req: RequestInfo,
+    pub query: Query,
+}
+
+impl Target {
+    pub fn namespace(&self) -> Option<&str> {
+        if self.info.namespaced {
+            self.req.namespace.as_deref()
+        } else {
+            None
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        self.req.name.as_deref().unwrap_or("")
+    }
+
+    pub fn key(&self) -> String {
+        self.info.key(self.namespace(), self.name())
+    }
+
+    pub fn not_found(&self) -> ApiError {
+        ApiError::not_found(&self.info.plural, &self.info.group, self.name())
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.query.get("dryRun") == Some("All")
+    }
+}
+
+/// Serves one request for an authenticated user (or anonymous when `user` is `None`).
+pub async fn handle(
+    api: Arc<Api>,
+    req: Request<Incoming>,
+    user: Option<UserInfo>,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let query = Query::parse(req.uri().query());
+    let public = matches!(
+        path.as_str(),
+        "/healthz" | "/livez" | "/readyz" | "/version"
+    ) || path.starts_with("/healthz/")
+        || path.starts_with("/livez/")
+        || path.starts_with("/readyz/");
+    if user.is_none() && !public {
+        return error_response(&ApiError::unauthorized());
+    }
+    if let Some(resp) = crate::discovery::serve(&api, &req, &path, &query) {
+        return resp;
+    }
+    let Some(info) = request::parse(req.method(), &path, &query) else {
+        return error_response(&ApiError::route_not_found());
+    };
+    let Some(res) = api.registry.get(&info.group, &info.version, &info.resource) else {
+        return error_response(&ApiError::route_not_found());
+    };
+    if info.namespace.is_some() && !res.namespaced {
+        return error_response(&ApiError::route_not_found());
+    }
+    let verb = info.verb;
+    let target = Target {
+        info: res,
+        req: info,
+        query,
+    };
+    let start = std::time::Instant::now();
+    let resource_label = target.info.plural.clone();
+    let result = dispatch(&api, target, req).await;
+    let resp = result.unwrap_or_else(|err| error_response(&err));
+    api.metrics.observe(
+        verb,
+        &resource_label,
+        resp.status().as_u16(),
+        start.elapsed(),
+    );
+    resp
+}
+
+async fn dispatch(
+    api: &Api,
+    target: Target,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let sub = target.req.subresource.clone();
+    if let Some(sub) = sub {
+        return subresource::serve(api, target, req, &sub).await;
+    }
+    let method = req.method().clone();
+    match target.req.verb {
+        "get" => read::get(api, &target).await,
+        "list" => list::list(api, &target).await,
+        "watch" => watch::watch(api, &target).await,
+        "create" => {
+            let ct = content_type(req.headers());
+            let body = read_body(req.into_body()).await?;
+            write::create(api, &target, &ct, &body).await
+        }
+        "update" => {
+            let ct = content_type(req.headers());
+            let body = read_body(req.into_body()).await?;
+            write::update(api, &target, &ct, &body, None).await
+        }
+        "patch" => {
+            let ct = content_type(req.headers());
+            let body = read_body(req.into_body()).await?;
+            write::patch(api, &target, &ct, &body, None).await
+        }
+        "delete" => {
+            let body = read_body(req.into_body()).await?;
+            delete::delete(api, &target, &body).await
+        }
+        "deletecollection" => {
+            let body = read_body(req.into_body()).await?;
+            delete::delete_collection(api, &target, &body).await
+        }
+        _ => Err(ApiError::method_not_allowed(
+            method.as_str(),
+            &target.info.plural,
+            &target.info.group,
+        )),
+    }
+}
+
+/// `Method` helper for discovery's read-only routes.
+pub fn is_read(method: &Method) -> bool {
+    *method == Method::GET || *method == Method::HEAD
+}

@@ -1,0 +1,16 @@
+//! GET of one object.
+
+use hyper::Response;
+
+use super::{Body, Target, json_response, to_output};
+use crate::api::Api;
+use crate::status::ApiError;
+
+pub async fn get(api: &Api, target: &Target) -> Result<Response<Body>, ApiError> {
+    let stored = api
+        .storage
+        .get(&target.key())
+        .await?
+        .ok_or_else(|| target.not_found())?;
+    Ok(json_response(200, &to_output(&stored)?))
+}

@@ -1,0 +1,219 @@
+//! WATCH: newline-delimited JSON events over a chunked response, flushed per event, with upstream's
+//! `resourceVersion` semantics, selector transitions, bookmarks, `timeoutSeconds` and 410 on compaction.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::{Response, header};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::list::{ListOptions, read_list};
+use super::{Body, Target, set_resource_version, to_output};
+use crate::api::Api;
+use crate::status::ApiError;
+use crate::storage::{Stored, WatchEvent, WatchMessage};
+
+/// Upstream's default watch length when the client gives no `timeoutSeconds` (`--min-request-timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
+
+struct Sink {
+    tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+}
+
+impl Sink {
+    /// Sends one event; false when the client has gone.
+    async fn send(&self, kind: &str, object: &Value) -> bool {
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        line.push(b'\n');
+        self.tx
+            .send(Ok(Frame::data(Bytes::from(line))))
+            .await
+            .is_ok()
+    }
+}
+
+fn bookmark(target: &Target, rev: i64, initial_end: bool) -> Value {
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if initial_end {
+        meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+    }
+    json!({"kind": target.info.kind, "apiVersion": target.info.api_version(), "metadata": meta})
+}
+
+pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiError> {
+    let mut opts = ListOptions::parse(target, true)?;
+    let q = &target.query;
+    let send_initial = q.get("sendInitialEvents").map(|v| v == "true");
+    if send_initial.is_some() && opts.resource_version_match.as_deref() != Some("NotOlderThan") {
+        return Err(ApiError::invalid(
+            "ListOptions",
+            "meta.k8s.io",
+            "",
+            vec![crate::status::Cause::forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )],
+        ));
+    }
+    let bookmarks = q.flag("allowWatchBookmarks");
+    let timeout = match q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()) {
+        Some(t) if t > 0 => Duration::from_secs(t),
+        _ => DEFAULT_TIMEOUT,
+    };
+    let rv: i64 = opts
+        .resource_version
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let prefix = match target.req.name.as_deref() {
+        Some(name) => target.info.key(target.namespace(), name),
+        None => target.info.list_prefix(target.namespace()),
+    };
+    let exact = target.req.name.is_some();
+    // Initial state: `sendInitialEvents=true`, or a watch from "" / "0" (synthetic ADDED events).
+    let initial = send_initial.unwrap_or(rv == 0);
+    let mut initial_items = Vec::new();
+    let start = if initial {
+        opts.limit = 0;
+        opts.continue_token = None;
+        opts.resource_version_match = None;
+        let listed = if exact {
+            let stored = api.storage.get(&prefix).await?;
+            let revision = api.storage.current_revision().await?;
+            let items = match stored {
+                Some(s) => {
+                    let o = to_output(&s)?;
+                    if opts.matches(&o) { vec![o] } else { vec![] }
+                }
+                None => vec![],
+            };
+            (items, revision)
+        } else {
+            let l = read_list(api, &prefix, &opts).await?;
+            (l.items, l.revision)
+        };
+        initial_items = listed.0;
+        listed.1.max(rv)
+    } else {
+        rv
+    };
+    let mut stream = api
+        .storage
+        .watch(&prefix, exact, start + 1)
+        .await
+        .map_err(ApiError::from)?;
+
+    let (tx, rx) = mpsc::channel(64);
+    let sink = Sink { tx };
+    let target_kind = target.info.kind.clone();
+    let bookmark_obj = {
+        let t = Target {
+            info: target.info.clone(),
+            req: target.req.clone(),
+            query: target.query.clone(),
+        };
+        move |rev: i64, end: bool| bookmark(&t, rev, end)
+    };
+    let metrics = api.metrics.clone();
+    tokio::spawn(async move {
+        metrics.watchers(&target_kind, 1);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        'serve: {
+            for item in &initial_items {
+                if !sink.send("ADDED", item).await {
+                    break 'serve;
+                }
+            }
+            if send_initial == Some(true)
+                && bookmarks
+                && !sink.send("BOOKMARK", &bookmark_obj(start, true)).await
+            {
+                break 'serve;
+            }
+            loop {
+                let msg = tokio::select! {
+                    _ = &mut deadline => break 'serve,
+                    _ = sink.tx.closed() => break 'serve,
+                    m = stream.next() => m,
+                };
+                match msg {
+                    Ok(Some(WatchMessage::Events(events))) => {
+                        for ev in events {
+                            if let Some((kind, obj)) = translate(&opts, ev)
+                                && !sink.send(kind, &obj).await
+                            {
+                                break 'serve;
+                            }
+                        }
+                    }
+                    Ok(Some(WatchMessage::Progress(rev))) => {
+                        if bookmarks && !sink.send("BOOKMARK", &bookmark_obj(rev, false)).await {
+                            break 'serve;
+                        }
+                    }
+                    Ok(Some(WatchMessage::Compacted(compacted))) => {
+                        let err = ApiError::expired(format!(
+                            "too old resource version: {start} ({compacted})"
+                        ));
+                        sink.send("ERROR", &err.to_status()).await;
+                        break 'serve;
+                    }
+                    Ok(None) => break 'serve,
+                    Err(err) => {
+                        tracing::debug!(%err, "watch ended");
+                        let err = ApiError::internal(err);
+                        sink.send("ERROR", &err.to_status()).await;
+                        break 'serve;
+                    }
+                }
+            }
+        }
+        metrics.watchers(&target_kind, -1);
+    });
+    let body = StreamBody::new(ReceiverStream::new(rx)).boxed();
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
+
+fn decode(stored: &Stored) -> Option<Value> {
+    to_output(stored).ok()
+}
+
+/// Maps a storage event to a watch event for this watcher's selectors.
+fn translate(opts: &ListOptions, ev: WatchEvent) -> Option<(&'static str, Value)> {
+    match ev {
+        WatchEvent::Put { current, previous } => {
+            let cur = decode(&current)?;
+            let prev = previous.as_ref().and_then(decode);
+            let now = opts.matches(&cur);
+            let before = prev.as_ref().is_some_and(|p| opts.matches(p));
+            match (before, now) {
+                (false, true) => Some(("ADDED", cur)),
+                (true, true) => Some(("MODIFIED", cur)),
+                (true, false) => Some(("DELETED", cur)),
+                (false, false) => None,
+            }
+        }
+        WatchEvent::Delete {
+            previous, revision, ..
+        } => {
+            let mut prev = decode(previous.as_ref()?)?;
+            if !opts.matches(&prev) {
+                return None;
+            }
+            set_resource_version(&mut prev, revision);
+            Some(("DELETED", prev))
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! Writes: create (with `generateName` retries), update (optimistic concurrency, status split, generation) and
+//! patch (read, apply, guarded write, retried on conflict).
+
+use hyper::Response;
+use serde_json::Value;
+
+use super::subresource::View;
+use super::{Body, Target, decode_object, json_response, to_output, to_stored};
+use crate::api::Api;
+use crate::meta::{meta_str, metadata_mut};
+use crate::status::ApiError;
+use crate::storage::{Guarded, Stored};
+use crate::strategy;
+
+/// How many times a write that lost a race without a client precondition is retried.
+const RETRIES: usize = 16;
+
+fn check_type(target: &Target, obj: &Value) -> Result<(), ApiError> {
+    let info = &target.info;
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    if kind.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "Object 'Kind' is missing in '{}'",
+            serde_json::to_string(obj).unwrap_or_default()
+        )));
+    }
+    if api_version != info.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version ({})",
+            info.api_version()
+        )));
+    }
+    if kind != info.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the data ({kind}) does not match the expected kind ({})",
+            info.kind
+        )));
+    }
+    Ok(())
+}
+
+/// Ensures the object's namespace matches the request's (filling it in when empty).
+fn check_namespace(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
+    let meta = metadata_mut(obj);
+    let body_ns = meta
+        .get("namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    match target.namespace() {
+        Some(ns) => {
+            if body_ns.is_empty() {
+                meta.insert("namespace".into(), ns.into());
+            } else if body_ns != ns {
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+        }
+        None => {
+            if !target.info.namespaced {
+                meta.remove("namespace");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The namespace must exist and not be terminating (upstream's NamespaceLifecycle admission).
+async fn check_namespace_lifecycle(api: &Api, target: &Target) -> Result<(), ApiError> {
+    let Some(ns) = target.namespace() else {
+        return Ok(());
+    };
+    let Some(stored) = api
+        .storage
+        .get(&format!("/registry/namespaces/{ns}"))
+        .await?
+    else {
+        return Err(ApiError::not_found("namespaces", "", ns));
+    };
+    let obj = to_output(&stored)?;
+    if obj["metadata"].get("deletionTimestamp").is_some() || obj["status"]["phase"] == "Terminating"
+    {
+        let mut err = ApiError::forbidden(
+            &target.info.plural,
+            &target.info.group,
+            meta_str(&obj, "name").unwrap_or(ns),
+            &format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        );
+        err.details = Some(serde_json::json!({
+            "name": target.req.name.clone().unwrap_or_default(),
+            "group": target.info.group,
+            "kind": target.info.plural,
+            "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}],
+        }));
+        return Err(err);
+    }
+    Ok(())
+}
+
+pub async fn create(
+    api: &Api,
+    target: &Target,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let mut obj = decode_object(content_type, body)?;
+    check_type(target, &obj)?;
+    check_namespace(target, &mut obj)?;
+    if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+        return Err(ApiError::internal(
+            "resourceVersion should not be set on objects to be created",
+        ));
+    }
+    let info = &target.info;
+    let generate = meta_str(&obj, "name").is_none_or(str::is_empty)
+        && meta_str(&obj, "generateName").is_some_and(|g| !g.is_empty());
+    {
+        let meta = metadata_mut(&mut obj);
+        for f in [
+            "uid",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "selfLink",
+        ] {
+            meta.remove(f);
+        }
+        meta.insert("uid".into(), crate::meta::new_uid().into());
+        meta.insert(
+            "creationTimestamp".into(),
+            crate::meta::now_rfc3339().into(),
+        );
+    }
+    strategy::prepare_create(info, &mut obj);
+    check_namespace_lifecycle(api, target).await?;
+    for attempt in 0..8 {
+        if generate {
+            let base = meta_str(&obj, "generateName").unwrap_or("").to_string();
+            let name = format!("{base}{}", crate::meta::name_suffix());
+            metadata_mut(&mut obj).insert("name".into(), name.into());
+        }
+        let name = meta_str(&obj, "name").unwrap_or("").to_string();
+        let causes = strategy::validate_create(info, &obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
+        }
+        let hooks = api.before_create(info, &mut obj).await?;
+        if target.dry_run() {
+            return Ok(json_response(201, &obj));
+        }
+        let key = info.key(target.namespace(), &name);
+        match api.storage.create(&key, to_stored(&obj)).await? {
+            Guarded::Done(rev) => {
+                super::set_resource_version(&mut obj, rev);
+                return Ok(json_response(201, &obj));
+            }
+            Guarded::Changed(_) => {
+                api.undo_create(hooks).await;
+                if generate && attempt < 7 {
+                    continue;
+                }
+                return Err(ApiError::already_exists(&info.plural, &info.group, &name));
+            }
+        }
+    }
+    Err(ApiError::internal("generateName retries exhausted"))
+}
+
+/// Carries the system-owned metadata of the stored object into an update.
+fn keep_system_metadata(old: &Value, new: &mut Value) {
+    let old_meta = old.get("metadata").cloned().unwrap_or(Value::Null);
+    let meta = metadata_mut(new);
+    for f in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    ] {
+        match old_meta.get(f) {
+            Some(v) => {
+                meta.insert(f.into(), v.clone());
+            }
+            None => {
+                meta.remove(f);
+            }
+        }
+    }
+    meta.remove("selfLink");
+}
+
+/// Validates and stores `new` (already in the resource's shape) over `current`. Returns the response, or
+/// `None` when the stored object changed underneath (the caller retries).
+async fn commit(
+    api: &Api,
+    target: &Target,
+    current: &Stored,
+    mut new: Value,
+    view: View,
+) -> Result<Option<Value>, ApiError> {
+    let info = &target.info;
+    let old = to_output(current)?;
+    keep_system_metadata(&old, &mut new);
+    let name = target.name().to_string();
+    match view {
+        View::Status => strategy::prepare_status_update(&old, &mut new),
+        View::Main | View::Scale => strategy::prepare_update(info, &old, &mut new),
+    }
+    let causes = strategy::validate_update(info, &old, &new);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
+    }
+    api.before_update(info, &old, &mut new).await?;
+    // Same resourceVersion on both sides for the no-op comparison.
+    super::set_resource_version(&mut new, current.mod_revision);
+    if new == old {
+        return Ok(Some(old));
+    }
+    if target.dry_run() {
+        return Ok(Some(new));
+    }
+    let deleting = new["metadata"].get("deletionTimestamp").is_some();
+    let finalizers_left = new["metadata"]
+        .get("finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+    if deleting && !finalizers_left && info.kind != "Pod" && info.kind != "Namespace" {
+        // The last finalizer is gone: the object is deleted now.
+        return match api
+            .storage
+            .delete(&current.key, current.mod_revision)
+            .await?
+        {
+            Guarded::Done(rev) => {
+                api.after_delete(info, &new).await;
+                super::set_resource_version(&mut new, rev);
+                Ok(Some(new))
+            }
+            Guarded::Changed(_) => Ok(None),
+        };
+    }
+    match api
+        .storage
+        .update(&current.key, to_stored(&new), current.mod_revision)
+        .await?
+    {
+        Guarded::Done(rev) => {
+            super::set_resource_version(&mut new, rev);
+            Ok(Some(new))
+        }
+        Guarded::Changed(_) => Ok(None),
+    }
+}
+
+/// PUT of the main resource, `/status` or `/scale` (`view`).
+pub async fn update(
+    api: &Api,
+    target: &Target,
+    content_type: &str,
+    body: &[u8],
+    view: Option<View>,
+) -> Result<Response<Body>, ApiError> {
+    let view = view.unwrap_or(View::Main);
+    let mut obj = decode_object(content_type, body)?;
+    if view != View::Scale {
+        check_type(target, &obj)?;
+        check_namespace(target, &mut obj)?;
+    }
+    let body_name = meta_str(&obj, "name").unwrap_or("").to_string();
+    if body_name != target.name() {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({})",
+            target.name()
+        )));
+    }
+    let precondition = meta_str(&obj, "resourceVersion")
+        .filter(|rv| !rv.is_empty())
+        .map(str::to_string);
+    for _ in 0..RETRIES {
+        let current = api
+            .storage
+            .get(&target.key())
+            .await?
+            .ok_or_else(|| target.not_found())?;
+        if let Some(rv) = &precondition
+            && *rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::modified(
+                &target.info.plural,
+                &target.info.group,
+                target.name(),
+            ));
+        }
+        let old = to_output(&current)?;
+        let new = view.apply_body(&target.info, &old, obj.clone())?;
+        match commit(api, target, &current, new, view).await? {
+            Some(stored) => return Ok(json_response(200, &view.present(&target.info, &stored)?)),
+            None if precondition.is_some() => {
+                return Err(ApiError::modified(
+                    &target.info.plural,
+                    &target.info.group,
+                    target.name(),
+                ));
+            }
+            None => continue,
+        }
+    }
+    Err(ApiError::modified(
+        &target.info.plural,
+        &target.info.group,
+        target.name(),
+    ))
+}
+
+/// PATCH of the main resource, `/status` or `/scale`.
+pub async fn patch(
+    api: &Api,
+    target: &Target,
+    content_type: &str,
+    body: &[u8],
+    view: Option<View>,
+) -> Result<Response<Body>, ApiError> {
+    let view = view.unwrap_or(View::Main);
+    let kind = crate::patch::PatchKind::from_content_type(content_type)?;
+    for _ in 0..RETRIES {
+        let current = api
+            .storage
+            .get(&target.key())
+            .await?
+            .ok_or_else(|| target.not_found())?;
+        let old = to_output(&current)?;
+        let shown = view.present(&target.info, &old)?;
+        let mut patched = crate::patch::apply(kind, &shown, body)?;
+        if view != View::Scale {
+            check_type(target, &patched)?;
+        }
+        // A resourceVersion in the patch is a precondition.
+        let patched_rv = meta_str(&patched, "resourceVersion").map(str::to_string);
+        let precondition = patched_rv.filter(|rv| *rv != current.mod_revision.to_string());
+        if precondition.is_some() {
+            return Err(ApiError::modified(
+                &target.info.plural,
+                &target.info.group,
+                target.name(),
+            ));
+        }
+        if meta_str(&patched, "name").is_some_and(|n| n != target.name()) {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({})",
+                meta_str(&patched, "name").unwrap_or(""),
+                target.name()
+            )));
+        }
+        check_namespace(target, &mut patched)?;
+        let new = view.apply_body(&target.info, &old, patched)?;
+        if let Some(stored) = commit(api, target, &current, new, view).await? {
+            return Ok(json_response(200, &view.present(&target.info, &stored)?));
+        }
+    }
+    Err(ApiError::modified(
+        &target.info.plural,
+        &target.info.group,
+        target.name(),
+    ))
+}

@@ -1,0 +1,155 @@
+//! k3rs-apiserver: the Kubernetes API (REST, watch, discovery) over the etcd v3 API, served over HTTPS.
+//!
+//! One generic store serves every resource in the table (`resources`), with a small strategy per kind
+//! (`strategy`); storage is reached only through the etcd API (`storage`), so kine or a real etcd work alike.
+
+pub mod allocators;
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod config;
+pub mod discovery;
+pub mod handlers;
+pub mod meta;
+pub mod metrics;
+pub mod patch;
+pub mod pki;
+pub mod request;
+pub mod resources;
+pub mod selectors;
+pub mod server;
+pub mod status;
+pub mod storage;
+pub mod strategy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k3rs_common::Readiness;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use storage::EtcdTls;
+
+/// Why the apiserver stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("certificates: {0}")]
+    Pki(#[from] pki::PkiError),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storage: {0}")]
+    Storage(#[from] storage::StorageError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(status::ApiError),
+}
+
+/// Serves until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    run_with_readiness(config, shutdown, Readiness::new()).await
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}
+
+/// As [`run`], setting `ready` once storage answers and the bootstrap objects exist.
+pub async fn run_with_readiness(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Readiness,
+) -> Result<(), Error> {
+    let ips = allocators::IpRange::parse(&config.service_cluster_ip_range)
+        .map_err(|e| Error::Config(format!("--service-cluster-ip-range: {e}")))?;
+    let ports = allocators::PortRange::parse(&config.service_node_port_range)
+        .map_err(|e| Error::Config(format!("--service-node-port-range: {e}")))?;
+    let advertise = config.advertise();
+    let mut san_ips = vec![advertise, std::net::IpAddr::V4(ips.first())];
+    let mut san_dns = Vec::new();
+    for san in &config.tls_sans {
+        match san.parse() {
+            Ok(ip) => san_ips.push(ip),
+            Err(_) => san_dns.push(san.clone()),
+        }
+    }
+    if !config.bind_address.is_unspecified() {
+        san_ips.push(config.bind_address);
+    }
+    let names = pki::ServingNames {
+        hostname: hostname(),
+        ips: san_ips,
+        dns: san_dns,
+    };
+    let addr = SocketAddr::new(config.bind_address, config.secure_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| Error::Bind { addr, source })?
+        .port();
+    let pki = pki::ensure(&config.data_dir, &names, &config.local_url(port))?;
+    let acceptor = server::acceptor(&pki)?;
+
+    tracing::info!(servers = %config.etcd_servers, "connecting to the etcd API");
+    let client = loop {
+        match storage::connect(&config.etcd_servers, &config.etcd_tls).await {
+            Ok(c) => break c,
+            Err(err) => {
+                tracing::warn!(%err, "etcd API not reachable yet, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let advertise_str = advertise.to_string();
+    let api = Arc::new(api::Api {
+        storage: storage::Storage::new(&client),
+        registry: resources::Registry::with_builtins(),
+        allocators: allocators::Allocators { ips, ports },
+        metrics: metrics::Metrics::new(),
+        advertise: format!("{advertise_str}:{port}"),
+        ready: ready.clone(),
+    });
+    let serving = tokio::spawn(server::serve(
+        listener,
+        acceptor,
+        api.clone(),
+        shutdown.clone(),
+    ));
+    tracing::info!(%addr, port, "serving the Kubernetes API");
+    loop {
+        match bootstrap::run(&api, &advertise_str, port).await {
+            Ok(()) => break,
+            Err(err) => {
+                tracing::warn!(%err, "bootstrap objects not written yet, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    if !shutdown.is_cancelled() {
+        ready.set(true);
+        tracing::info!("apiserver ready");
+    }
+    shutdown.cancelled().await;
+    ready.set(false);
+    let _ = serving.await;
+    tracing::info!("apiserver stopped");
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `k3rs-apiserver`: serves the Kubernetes API over the etcd v3 API (flags as kube-apiserver's, each also `K3RS_*`).
+
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use k3rs_apiserver::{Config, EtcdTls};
+use k3rs_common::logging::{self, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "k3rs-apiserver",
+    version,
+    about = "The Kubernetes API over the etcd v3 API"
+)]
+struct Args {
+    /// etcd API endpoints, comma-separated: unix:///path/kine.sock, http(s)://host:2379
+    #[arg(
+        long,
+        env = "K3RS_ETCD_SERVERS",
+        default_value = "http://127.0.0.1:2379"
+    )]
+    etcd_servers: String,
+    /// CA of the etcd servers' certificates
+    #[arg(long, env = "K3RS_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd
+    #[arg(long, env = "K3RS_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd
+    #[arg(long, env = "K3RS_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
+    /// State directory (certificates under server/tls, the admin kubeconfig under server/cred)
+    #[arg(long, env = "K3RS_DATA_DIR", default_value = "/var/lib/k3rs")]
+    data_dir: PathBuf,
+    /// HTTPS port (0 picks a free one)
+    #[arg(long, env = "K3RS_SECURE_PORT", default_value_t = 6443)]
+    secure_port: u16,
+    /// Address to listen on
+    #[arg(long, env = "K3RS_BIND_ADDRESS", default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Address advertised to clients and in the kubernetes Service's endpoints
+    #[arg(long, env = "K3RS_ADVERTISE_ADDRESS")]
+    advertise_address: Option<IpAddr>,
+    /// Range Service ClusterIPs are allocated from
+    #[arg(
+        long,
+        env = "K3RS_SERVICE_CLUSTER_IP_RANGE",
+        default_value = "10.43.0.0/16"
+    )]
+    service_cluster_ip_range: String,
+    /// Range NodePorts are allocated from
+    #[arg(
+        long,
+        env = "K3RS_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    service_node_port_range: String,
+    /// Extra names or IPs for the serving certificate (repeatable)
+    #[arg(long = "tls-san", env = "K3RS_TLS_SAN", value_delimiter = ',')]
+    tls_san: Vec<String>,
+    /// Log format: text or json
+    #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
+    /// Log at debug level (K3RS_LOG or RUST_LOG override)
+    #[arg(long, env = "K3RS_DEBUG")]
+    debug: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    logging::init(args.log_format, if args.debug { "debug" } else { "info" });
+    let config = Config {
+        etcd_servers: args.etcd_servers,
+        etcd_tls: EtcdTls {
+            ca_file: args.etcd_cafile,
+            cert_file: args.etcd_certfile,
+            key_file: args.etcd_keyfile,
+        },
+        data_dir: args.data_dir,
+        bind_address: args.bind_address,
+        secure_port: args.secure_port,
+        advertise_address: args.advertise_address,
+        service_cluster_ip_range: args.service_cluster_ip_range,
+        service_node_port_range: args.service_node_port_range,
+        tls_sans: args.tls_san,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "k3rs-apiserver: starting the runtime: {err}"
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let shutdown = k3rs_common::signal::shutdown_token();
+        match k3rs_apiserver::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                let _ = writeln!(std::io::stderr(), "k3rs-apiserver: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,195 @@
+//! Per-resource strategy (upstream's `RESTCreateStrategy`/`RESTUpdateStrategy`): defaulting, validation,
+//! the status split and `metadata.generation`, applied by the generic handlers.
+
+mod defaults;
+mod validate;
+
+use serde_json::Value;
+
+use crate::resources::{ResourceInfo, Subresource};
+use crate::status::Cause;
+
+pub use defaults::apply_defaults;
+
+/// Kinds whose `metadata.generation` counts spec changes.
+fn tracks_generation(info: &ResourceInfo) -> bool {
+    matches!(
+        info.kind.as_str(),
+        "Deployment"
+            | "ReplicaSet"
+            | "StatefulSet"
+            | "DaemonSet"
+            | "Job"
+            | "CronJob"
+            | "ReplicationController"
+            | "PodDisruptionBudget"
+            | "Ingress"
+            | "NetworkPolicy"
+            | "CustomResourceDefinition"
+    )
+}
+
+/// The parts of an object outside `metadata` and `status` (what a spec change is measured on).
+fn spec_part(obj: &Value) -> Value {
+    match obj {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "metadata" | "status" | "apiVersion" | "kind")
+                })
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Prepares a new object for storage: clears or initialises status, sets generation, applies defaults.
+pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
+    if info.has(Subresource::Status) {
+        let initial = match info.kind.as_str() {
+            "Namespace" => serde_json::json!({"phase": "Active"}),
+            "Pod" => serde_json::json!({"phase": "Pending"}),
+            "PersistentVolumeClaim" | "PersistentVolume" => {
+                serde_json::json!({"phase": "Pending"})
+            }
+            "CustomResourceDefinition" | "Node" | "Service" => obj
+                .get("status")
+                .cloned()
+                .unwrap_or_else(|| serde_json::json!({})),
+            _ => serde_json::json!({}),
+        };
+        obj["status"] = initial;
+    }
+    if tracks_generation(info) {
+        crate::meta::metadata_mut(obj).insert("generation".into(), 1.into());
+    } else {
+        crate::meta::metadata_mut(obj).remove("generation");
+    }
+    apply_defaults(&info.kind, obj);
+}
+
+/// Prepares an update of the main resource: keeps `status` (when it is a subresource) and bumps `generation`
+/// when anything outside metadata and status changed.
+pub fn prepare_update(info: &ResourceInfo, old: &Value, new: &mut Value) {
+    if info.has(Subresource::Status) {
+        match old.get("status") {
+            Some(status) => new["status"] = status.clone(),
+            None => {
+                if let Some(map) = new.as_object_mut() {
+                    map.remove("status");
+                }
+            }
+        }
+    }
+    apply_defaults(&info.kind, new);
+    let old_generation = old
+        .get("metadata")
+        .and_then(|m| m.get("generation"))
+        .cloned();
+    let meta = crate::meta::metadata_mut(new);
+    match old_generation {
+        Some(g) => {
+            meta.insert("generation".into(), g);
+        }
+        None => {
+            meta.remove("generation");
+        }
+    }
+    if tracks_generation(info) && spec_part(old) != spec_part(new) {
+        let next = old_generation_value(old) + 1;
+        crate::meta::metadata_mut(new).insert("generation".into(), next.into());
+    }
+}
+
+fn old_generation_value(old: &Value) -> i64 {
+    old.get("metadata")
+        .and_then(|m| m.get("generation"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+}
+
+/// Prepares a status update: everything but `status` comes from the stored object.
+pub fn prepare_status_update(old: &Value, new: &mut Value) {
+    let status = new.get("status").cloned();
+    let meta = new.get("metadata").cloned();
+    let mut merged = old.clone();
+    match status {
+        Some(s) => merged["status"] = s,
+        None => {
+            if let Some(map) = merged.as_object_mut() {
+                map.remove("status");
+            }
+        }
+    }
+    // Labels, annotations, finalizers and owner references may change through status too.
+    if let Some(meta) = meta {
+        let m = crate::meta::metadata_mut(&mut merged);
+        for field in ["labels", "annotations", "ownerReferences", "finalizers"] {
+            match meta.get(field) {
+                Some(v) => {
+                    m.insert(field.into(), v.clone());
+                }
+                None => {
+                    m.remove(field);
+                }
+            }
+        }
+    }
+    *new = merged;
+}
+
+/// Kind-specific validation of an object about to be created.
+pub fn validate_create(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
+    let mut causes = crate::meta::validate_metadata(obj, info.name_rule, info.namespaced);
+    causes.extend(validate::kind(&info.kind, obj));
+    causes
+}
+
+/// Kind-specific validation of an update (including immutable fields).
+pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
+    let mut causes = crate::meta::validate_metadata(new, info.name_rule, info.namespaced);
+    causes.extend(validate::kind(&info.kind, new));
+    causes.extend(validate::immutable(&info.kind, old, new));
+    causes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Registry;
+    use serde_json::json;
+
+    #[test]
+    fn generation_and_status_split() {
+        let reg = Registry::with_builtins();
+        let deploy = reg.get("apps", "v1", "deployments").unwrap();
+        let mut obj =
+            json!({"metadata": {"name": "d"}, "spec": {"replicas": 1}, "status": {"replicas": 9}});
+        prepare_create(&deploy, &mut obj);
+        assert_eq!(obj["metadata"]["generation"], 1);
+        assert_eq!(obj["status"], json!({}));
+        let mut stored = obj.clone();
+        stored["status"] = json!({"replicas": 1});
+        let mut upd = obj.clone();
+        upd["metadata"]["labels"] = json!({"a": "b"});
+        prepare_update(&deploy, &stored, &mut upd);
+        assert_eq!(
+            upd["metadata"]["generation"], 1,
+            "a label change is not a spec change"
+        );
+        assert_eq!(upd["status"]["replicas"], 1);
+        upd["spec"]["replicas"] = json!(3);
+        let before = upd.clone();
+        prepare_update(&deploy, &before, &mut upd);
+        assert_eq!(upd["metadata"]["generation"], 1);
+        let mut upd2 = before.clone();
+        upd2["spec"]["replicas"] = json!(5);
+        prepare_update(&deploy, &before, &mut upd2);
+        assert_eq!(upd2["metadata"]["generation"], 2);
+        let cm = reg.get("", "v1", "configmaps").unwrap();
+        let mut c = json!({"metadata": {"name": "c", "generation": 7}});
+        prepare_create(&cm, &mut c);
+        assert!(c["metadata"].get("generation").is_none());
+    }
+}

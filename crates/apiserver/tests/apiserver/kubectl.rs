@@ -1,0 +1,379 @@
+//! kubectl scenarios: discovery, create from files, get in every output form, label, annotate, patch, scale,
+//! watch and delete, each checked against the resulting state.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use k3rs_tests::Cluster;
+
+use crate::{json, per_backend};
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+  labels: {app: web, tier: fe}
+data:
+  color: blue
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: shop
+stringData:
+  password: hunter2
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels: {app: web}
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: docker.io/library/busybox:1.36
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+async fn discovery(c: Cluster) -> Result<()> {
+    let version = json(&c, &["version"])?;
+    let server = version["serverVersion"]["gitVersion"]
+        .as_str()
+        .unwrap_or("");
+    ensure!(server.contains("+k3rs"), "server version {server:?}");
+    ensure!(version["serverVersion"]["minor"] == "32");
+    let versions = c.kubectl(&["api-versions"])?;
+    for gv in [
+        "v1",
+        "apps/v1",
+        "batch/v1",
+        "rbac.authorization.k8s.io/v1",
+        "apiextensions.k8s.io/v1",
+    ] {
+        ensure!(
+            versions.lines().any(|l| l == gv),
+            "api-versions lacks {gv}:\n{versions}"
+        );
+    }
+    let resources = c.kubectl(&["api-resources", "--no-headers"])?;
+    let deploy = resources
+        .lines()
+        .find(|l| l.starts_with("deployments "))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    ensure!(
+        deploy == ["deployments", "deploy", "apps/v1", "true", "Deployment"],
+        "{deploy:?}"
+    );
+    let namespaced = c.kubectl(&["api-resources", "--namespaced=false", "-o", "name"])?;
+    ensure!(namespaced.lines().any(|l| l == "nodes") && !namespaced.lines().any(|l| l == "pods"));
+    // The system namespaces and the kubernetes Service exist.
+    let ns = c.kubectl(&["get", "ns", "-o", "name"])?;
+    for want in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure!(ns.contains(&format!("namespace/{want}\n")), "{ns}");
+    }
+    let ip = c.kubectl(&[
+        "get",
+        "svc",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ])?;
+    ensure!(ip == "10.43.0.1", "kubernetes service IP {ip}");
+    let ep = c.kubectl(&[
+        "get",
+        "endpoints",
+        "kubernetes",
+        "-o",
+        "jsonpath={.subsets[0].ports[0].port}",
+    ])?;
+    ensure!(ep == c.port.to_string(), "endpoints port {ep}");
+    Ok(())
+}
+per_backend!(discovery_and_bootstrap, super::discovery);
+
+async fn create_get_modify_delete(c: Cluster) -> Result<()> {
+    let out = c.kubectl_in(&["create", "-f", "-", "--validate=false"], APP)?;
+    for line in [
+        "namespace/shop created",
+        "configmap/settings created",
+        "deployment.apps/web created",
+        "service/web created",
+    ] {
+        ensure!(out.contains(line), "create output lacks {line:?}:\n{out}");
+    }
+    // Defaults as upstream applies them.
+    let d = json(&c, &["-n", "shop", "get", "deploy", "web"])?;
+    ensure!(
+        d["spec"]["replicas"] == 1 && d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == "25%"
+    );
+    ensure!(d["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent");
+    ensure!(
+        d["metadata"]["generation"] == 1
+            && d["metadata"]["uid"].as_str().is_some_and(|u| u.len() == 36)
+    );
+    let secret = json(&c, &["-n", "shop", "get", "secret", "creds"])?;
+    ensure!(secret["type"] == "Opaque");
+    let svc = json(&c, &["-n", "shop", "get", "svc", "web"])?;
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap_or("");
+    ensure!(
+        ip.starts_with("10.43.") && ip != "10.43.0.1",
+        "cluster IP {ip}"
+    );
+    ensure!(svc["spec"]["clusterIPs"][0] == ip && svc["spec"]["ports"][0]["protocol"] == "TCP");
+
+    // get in its output forms
+    let names = c.kubectl(&["-n", "shop", "get", "cm,deploy,svc", "-o", "name"])?;
+    ensure!(
+        names.contains("configmap/settings")
+            && names.contains("deployment.apps/web")
+            && names.contains("service/web")
+    );
+    let labels = c.kubectl(&[
+        "-n",
+        "shop",
+        "get",
+        "cm",
+        "settings",
+        "--show-labels",
+        "--no-headers",
+    ])?;
+    ensure!(labels.contains("app=web,tier=fe"), "{labels}");
+    let by_label = c.kubectl(&[
+        "get",
+        "cm",
+        "-A",
+        "-l",
+        "tier=fe,app in (web)",
+        "-o",
+        "name",
+    ])?;
+    ensure!(by_label.trim() == "configmap/settings", "{by_label}");
+    let by_field = c.kubectl(&[
+        "get",
+        "cm",
+        "-A",
+        "--field-selector",
+        "metadata.namespace=shop,metadata.name!=nope",
+        "-o",
+        "name",
+    ])?;
+    ensure!(by_field.contains("configmap/settings"), "{by_field}");
+    let all = c.kubectl(&["get", "cm", "-A", "--no-headers"])?;
+    ensure!(
+        all.lines()
+            .any(|l| l.starts_with("shop ") && l.contains("settings")),
+        "{all}"
+    );
+    let color = c.kubectl(&[
+        "-n",
+        "shop",
+        "get",
+        "cm",
+        "settings",
+        "-o",
+        "jsonpath={.data.color}",
+    ])?;
+    ensure!(color == "blue");
+    let yaml = c.kubectl(&["-n", "shop", "get", "cm", "settings", "-o", "yaml"])?;
+    ensure!(yaml.contains("color: blue") && yaml.contains("resourceVersion:"));
+    for i in [3, 1, 2] {
+        c.kubectl(&[
+            "-n",
+            "shop",
+            "create",
+            "cm",
+            &format!("sorted-{i}"),
+            &format!("--from-literal=n={i}"),
+            "--validate=false",
+            "--dry-run=client",
+            "-o",
+            "json",
+        ])
+        .and_then(|doc| c.kubectl_in(&["create", "-f", "-", "--validate=false"], &doc))?;
+    }
+    let sorted = c.kubectl(&[
+        "-n",
+        "shop",
+        "get",
+        "cm",
+        "-l",
+        "!app",
+        "--sort-by=.data.n",
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        sorted.lines().collect::<Vec<_>>()
+            == [
+                "configmap/sorted-1",
+                "configmap/sorted-2",
+                "configmap/sorted-3"
+            ],
+        "{sorted}"
+    );
+    let paged = c.kubectl(&["-n", "shop", "get", "cm", "--chunk-size=1", "-o", "name"])?;
+    ensure!(paged.lines().count() == 4, "{paged}");
+
+    // label, annotate, patch (merge and JSON), scale
+    c.kubectl(&["-n", "shop", "label", "cm", "settings", "release=stable"])?;
+    c.kubectl(&["-n", "shop", "annotate", "cm", "settings", "owner=team-a"])?;
+    c.kubectl(&["-n", "shop", "label", "cm", "settings", "tier-"])?;
+    let cm = json(&c, &["-n", "shop", "get", "cm", "settings"])?;
+    ensure!(
+        cm["metadata"]["labels"] == serde_json::json!({"app": "web", "release": "stable"}),
+        "{}",
+        cm["metadata"]
+    );
+    ensure!(cm["metadata"]["annotations"]["owner"] == "team-a");
+    c.kubectl(&[
+        "-n",
+        "shop",
+        "patch",
+        "cm",
+        "settings",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"size":"xl","color":null}}"#,
+    ])?;
+    c.kubectl(&["-n", "shop", "patch", "cm", "settings", "--type", "json", "-p", r#"[{"op":"test","path":"/data/size","value":"xl"},{"op":"add","path":"/data/shape","value":"round"}]"#])?;
+    let data = json(&c, &["-n", "shop", "get", "cm", "settings"])?["data"].clone();
+    ensure!(
+        data == serde_json::json!({"size": "xl", "shape": "round"}),
+        "{data}"
+    );
+    let failed = c.kubectl_err(
+        &[
+            "-n",
+            "shop",
+            "patch",
+            "cm",
+            "settings",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"test","path":"/data/size","value":"s"}]"#,
+        ],
+        None,
+    )?;
+    ensure!(failed.contains("/data/size"), "{failed}");
+    c.kubectl(&["-n", "shop", "scale", "deploy", "web", "--replicas=3"])?;
+    let d = json(&c, &["-n", "shop", "get", "deploy", "web"])?;
+    ensure!(
+        d["spec"]["replicas"] == 3 && d["metadata"]["generation"] == 2,
+        "{}",
+        d["spec"]
+    );
+    let scale = crate::raw(&c, "/apis/apps/v1/namespaces/shop/deployments/web/scale")?;
+    ensure!(
+        scale["kind"] == "Scale"
+            && scale["spec"]["replicas"] == 3
+            && scale["status"]["selector"] == "app=web",
+        "{scale}"
+    );
+
+    // delete
+    c.kubectl(&["-n", "shop", "delete", "cm", "settings"])?;
+    let gone = c.kubectl_err(&["-n", "shop", "get", "cm", "settings"], None)?;
+    ensure!(
+        gone.contains(r#"configmaps "settings" not found"#),
+        "{gone}"
+    );
+    c.kubectl(&["-n", "shop", "delete", "svc", "web"])?;
+    // The address is free again: a new Service may take it explicitly.
+    let again = format!(
+        r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"again","namespace":"shop"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}"#
+    );
+    c.kubectl_in(&["create", "-f", "-", "--validate=false"], &again)?;
+    let taken = c.kubectl_err(
+        &["create", "-f", "-", "--validate=false"],
+        Some(&again.replace("\"again\"", "\"clash\"")),
+    )?;
+    ensure!(
+        taken.contains("provided IP is already allocated"),
+        "{taken}"
+    );
+    Ok(())
+}
+per_backend!(create_get_modify_delete, super::create_get_modify_delete);
+
+async fn watch(c: Cluster) -> Result<()> {
+    c.kubectl(&["create", "ns", "w", "--dry-run=client", "-o", "json"])
+        .and_then(|doc| c.kubectl_in(&["create", "-f", "-", "--validate=false"], &doc))?;
+    let mut cmd = c.kubectl_cmd(&[
+        "-n",
+        "w",
+        "get",
+        "cm",
+        "-w",
+        "--output-watch-events",
+        "-o",
+        "custom-columns=EVENT:.type,NAME:.object.metadata.name,V:.object.data.v",
+        "--no-headers",
+    ])?;
+    let log = c.data_dir().join("watch.out");
+    let watcher = k3rs_tests::Proc::spawn("kubectl-watch", &mut cmd, &log)?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let doc = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"w"},"data":{"v":"1"}}"#;
+    c.kubectl_in(&["create", "-f", "-", "--validate=false"], doc)?;
+    c.kubectl(&[
+        "-n",
+        "w",
+        "patch",
+        "cm",
+        "x",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"v":"2"}}"#,
+    ])?;
+    c.kubectl(&["-n", "w", "delete", "cm", "x"])?;
+    let want = ["ADDED x 1", "MODIFIED x 2", "DELETED x 2"];
+    let start = std::time::Instant::now();
+    loop {
+        let seen: Vec<String> = std::fs::read_to_string(&log)?
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        if seen == want {
+            break;
+        }
+        ensure!(
+            start.elapsed() < Duration::from_secs(20),
+            "watch saw {seen:?}, want {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(watcher);
+    Ok(())
+}
+per_backend!(watch_sees_changes, super::watch);

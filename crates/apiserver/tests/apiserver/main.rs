@@ -1,0 +1,54 @@
+//! End-to-end tests of k3rs-apiserver as a separate process, over kine on SQLite and over Debian's etcd,
+//! driven with the real kubectl.
+
+mod errors;
+mod kubectl;
+mod semantics;
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use k3rs_tests::{Backend, Cluster};
+use serde_json::Value;
+
+/// Runs `$body(cluster)` once on kine/SQLite and once on etcd.
+macro_rules! per_backend {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[test]
+            fn kine_sqlite() {
+                crate::run(k3rs_tests::Backend::Sqlite, $body);
+            }
+            #[test]
+            fn etcd() {
+                crate::run(k3rs_tests::Backend::Etcd, $body);
+            }
+        }
+    };
+}
+pub(crate) use per_backend;
+
+pub fn run<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(Cluster) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    k3rs_tests::run_test(Duration::from_secs(300), async move {
+        let cluster = Cluster::start(backend).await?;
+        body(cluster).await
+    });
+}
+
+/// `kubectl … -o json` parsed.
+pub fn json(c: &Cluster, args: &[&str]) -> Result<Value> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-o", "json"]);
+    let out = c.kubectl(&all)?;
+    serde_json::from_str(&out).with_context(|| format!("parsing kubectl output: {out}"))
+}
+
+/// `kubectl get --raw <path>` parsed.
+pub fn raw(c: &Cluster, path: &str) -> Result<Value> {
+    let out = c.kubectl(&["get", "--raw", path])?;
+    serde_json::from_str(&out).with_context(|| format!("parsing {path}: {out}"))
+}
