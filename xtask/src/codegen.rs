@@ -7,10 +7,11 @@
 //! Output format, one type per block:
 //! ```text
 //! T io.k8s.api.apps.v1.DeploymentSpec
-//! F <tag> <jsonName> <kind> [<ref>] [*] [pmk=<key>] [ps=<strategy>] [lt=<listType>] [lmk=<k1,k2>]
+//! F <tag> <jsonName> <kind> [<ref>] [*] [pmk=<key>] [ps=<strategy>] [lt=<listType>] [lmk=<k1,k2>] [req]
 //! ```
 //! `kind` is one of `string bool int32 int64 double float bytes message map:<valuekind>`; `*` marks a
-//! repeated field; `<ref>` names the message (or map value message) type.
+//! repeated field; `<ref>` names the message (or map value message) type; `req` marks a field Go always
+//! serializes (k8s-openapi declares it without `Option`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -110,13 +111,29 @@ fn json_names(root: &Path) -> Result<HashMap<String, HashMap<String, String>>> {
             .unwrap_or(Path::new(""));
         let def = format!("{}.{}", package(rel), structs[0]);
         let mut fields = HashMap::new();
+        // Fields k8s-openapi declares without `Option` are required: Go always writes them, even when empty.
+        let mut required = std::collections::HashSet::new();
+        for line in text.lines() {
+            if let Some(decl) = line.strip_prefix("    pub ")
+                && let Some((rust, ty)) = decl.split_once(": ")
+                && !ty.starts_with("Option<")
+            {
+                required.insert(norm(rust.trim_start_matches("r#").trim_end_matches('_')));
+            }
+        }
         for line in text.lines() {
             let line = line.trim();
             if let Some((json, rest)) = line.split_once("\" => Field::Key_") {
                 let json = json.trim_start_matches('"');
                 // k8s-openapi appends `_` to keywords (`type_`); prost writes `r#type`.
                 let rust = rest.trim_end_matches(',').trim_end_matches('_');
-                fields.insert(norm(rust), json.to_string());
+                let key = norm(rust);
+                let value = if required.contains(&key) {
+                    format!("!{json}")
+                } else {
+                    json.to_string()
+                };
+                fields.insert(key, value);
             }
         }
         out.insert(def, fields);
@@ -400,6 +417,10 @@ pub fn run() -> Result<()> {
                 continue;
             };
             fields += 1;
+            let (json_name, required) = match json_name.strip_prefix('!') {
+                Some(n) => (n.to_string(), true),
+                None => (json_name, false),
+            };
             let mut line = format!("F {} {} {}", f.tag, json_name, f.kind);
             if let Some(r) = &f.reference {
                 line.push(' ');
@@ -419,6 +440,9 @@ pub fn run() -> Result<()> {
             for m in &f.markers {
                 line.push(' ');
                 line.push_str(m);
+            }
+            if required {
+                line.push_str(" req");
             }
             block.push_str(&line);
             block.push('\n');

@@ -21,9 +21,11 @@ struct DeleteOptions {
 }
 
 impl DeleteOptions {
-    fn parse(target: &Target, body: &[u8]) -> Result<Self, ApiError> {
+    fn parse(target: &Target, content_type: &str, body: &[u8]) -> Result<Self, ApiError> {
         let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
             json!({})
+        } else if content_type == crate::protobuf::MEDIA_TYPE {
+            crate::protobuf::decode(body)?
         } else {
             serde_json::from_slice(body).map_err(|err| {
                 ApiError::bad_request(format!("error decoding DeleteOptions: {err}"))
@@ -237,8 +239,13 @@ async fn delete_one(
     Err(ApiError::modified(&info.plural, &info.group, name))
 }
 
-pub async fn delete(api: &Api, target: &Target, body: &[u8]) -> Result<Response<Body>, ApiError> {
-    let opts = DeleteOptions::parse(target, body)?;
+pub async fn delete(
+    api: &Api,
+    target: &Target,
+    content_type: &str,
+    body: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let opts = DeleteOptions::parse(target, content_type, body)?;
     let (code, value) = delete_one(api, target, &target.key(), target.name(), &opts).await?;
     Ok(json_response(code, &value))
 }
@@ -246,9 +253,10 @@ pub async fn delete(api: &Api, target: &Target, body: &[u8]) -> Result<Response<
 pub async fn delete_collection(
     api: &Api,
     target: &Target,
+    content_type: &str,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let opts = DeleteOptions::parse(target, body)?;
+    let opts = DeleteOptions::parse(target, content_type, body)?;
     let list_opts = ListOptions::parse(target, false)?;
     let listed = read_list(
         api,

@@ -108,10 +108,12 @@ pub fn content_type(req_headers: &hyper::HeaderMap) -> String {
         .unwrap_or_else(|| "application/json".into())
 }
 
-/// Decodes an object body (JSON; YAML media types are refused with 415 until supported).
+/// Decodes an object body: JSON, or Kubernetes protobuf for built-in kinds (YAML media types are refused with
+/// 415 until supported).
 pub fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     match content_type {
         "application/json" | "" | "*/*" => {}
+        crate::protobuf::MEDIA_TYPE => return crate::protobuf::decode(body),
         other => return Err(ApiError::unsupported_media_type(other)),
     }
     let value: Value = serde_json::from_slice(body).map_err(|err| {
@@ -273,12 +275,14 @@ async fn dispatch(
             write::patch(api, &target, &ct, &body, None).await
         }
         "delete" => {
+            let ct = content_type(req.headers());
             let body = read_body(req.into_body()).await?;
-            delete::delete(api, &target, &body).await
+            delete::delete(api, &target, &ct, &body).await
         }
         "deletecollection" => {
+            let ct = content_type(req.headers());
             let body = read_body(req.into_body()).await?;
-            delete::delete_collection(api, &target, &body).await
+            delete::delete_collection(api, &target, &ct, &body).await
         }
         _ => Err(ApiError::method_not_allowed(
             method.as_str(),

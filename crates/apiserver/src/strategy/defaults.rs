@@ -247,6 +247,10 @@ fn service_spec(spec: &mut Map<String, Value>) {
     if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
         for port in ports.iter_mut().filter_map(Value::as_object_mut) {
             set_default(port, "protocol", json!("TCP"));
+            // A zero targetPort (0 or "") is unset, as upstream's defaulting treats it.
+            if port.get("targetPort").is_some_and(|t| t == 0 || t == "") {
+                port.remove("targetPort");
+            }
             if let Some(p) = port.get("port").cloned() {
                 set_default(port, "targetPort", p);
             }

@@ -377,3 +377,115 @@ async fn watch(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(watch_sees_changes, super::watch);
+
+/// kubectl's `create <kind>` generators send protobuf bodies.
+async fn generators(c: Cluster) -> Result<()> {
+    c.kubectl(&["create", "namespace", "gen"])?;
+    c.kubectl(&[
+        "-n",
+        "gen",
+        "create",
+        "configmap",
+        "cfg",
+        "--from-literal=a=1",
+        "--from-literal=empty=",
+    ])?;
+    c.kubectl(&[
+        "-n",
+        "gen",
+        "create",
+        "secret",
+        "generic",
+        "pw",
+        "--from-literal=password=s3cret",
+    ])?;
+    c.kubectl(&[
+        "-n",
+        "gen",
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox:1.36",
+        "--replicas=0",
+        "--port=8080",
+    ])?;
+    c.kubectl(&[
+        "-n",
+        "gen",
+        "create",
+        "service",
+        "nodeport",
+        "web",
+        "--tcp=80:8080",
+    ])?;
+    c.kubectl(&[
+        "-n",
+        "gen",
+        "create",
+        "job",
+        "once",
+        "--image=busybox:1.36",
+        "--",
+        "echo",
+        "hi",
+    ])?;
+    c.kubectl(&[
+        "-n",
+        "gen",
+        "create",
+        "role",
+        "reader",
+        "--verb=get,list",
+        "--resource=pods",
+    ])?;
+    let ns = json(&c, &["get", "ns", "gen"])?;
+    ensure!(
+        ns["status"]["phase"] == "Active" && ns["spec"]["finalizers"][0] == "kubernetes",
+        "{ns}"
+    );
+    let cm = json(&c, &["-n", "gen", "get", "cm", "cfg"])?;
+    ensure!(
+        cm["data"] == serde_json::json!({"a": "1", "empty": ""}),
+        "{}",
+        cm["data"]
+    );
+    let secret = json(&c, &["-n", "gen", "get", "secret", "pw"])?;
+    ensure!(
+        secret["data"]["password"] == "czNjcmV0" && secret["type"] == "Opaque",
+        "{secret}"
+    );
+    let d = json(&c, &["-n", "gen", "get", "deploy", "web"])?;
+    // An explicit zero survives; Go's empty non-pointer fields do not appear.
+    ensure!(d["spec"]["replicas"] == 0, "{}", d["spec"]);
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    ensure!(
+        container["ports"][0] == serde_json::json!({"containerPort": 8080, "protocol": "TCP"}),
+        "{container}"
+    );
+    ensure!(
+        container.get("stdin").is_none() && d["spec"].get("paused").is_none(),
+        "{}",
+        d["spec"]
+    );
+    let svc = json(&c, &["-n", "gen", "get", "svc", "web"])?;
+    let port = &svc["spec"]["ports"][0];
+    let node_port = port["nodePort"].as_i64().unwrap_or(0);
+    ensure!(
+        (30000..=32767).contains(&node_port) && port["targetPort"] == 8080,
+        "{port}"
+    );
+    let job = json(&c, &["-n", "gen", "get", "job", "once"])?;
+    ensure!(
+        job["spec"]["template"]["spec"]["containers"][0]["command"]
+            == serde_json::json!(["echo", "hi"]),
+        "{job}"
+    );
+    ensure!(job["spec"]["backoffLimit"] == 6 && job["spec"]["completions"] == 1);
+    let role = json(&c, &["-n", "gen", "get", "role", "reader"])?;
+    ensure!(
+        role["rules"][0]["verbs"] == serde_json::json!(["get", "list"]),
+        "{role}"
+    );
+    Ok(())
+}
+per_backend!(create_generators_over_protobuf, super::generators);
