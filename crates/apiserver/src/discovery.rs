@@ -27,6 +27,9 @@ pub fn serve(
 ) -> Option<Response<Body>> {
     let path = path.trim_end_matches('/');
     let reading = is_read(req.method());
+    if reading && path.starts_with("/openapi/") {
+        return crate::openapi::serve(api, req, path, query);
+    }
     let resp = match path {
         "/healthz" | "/livez" => text_response(200, health(api, query, false).1),
         "/readyz" => {

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod handlers;
 pub mod meta;
 pub mod metrics;
+pub mod openapi;
 pub mod patch;
 pub mod pki;
 pub mod protobuf;

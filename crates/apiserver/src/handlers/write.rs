@@ -40,6 +40,55 @@ fn check_type(target: &Target, obj: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Unknown fields under `fieldValidation` (default `Warn`): `Strict` fails the request as upstream's strict
+/// decoding does; otherwise they are dropped (as decoding into the typed object drops them), with a
+/// warning for the `Warning` header under `Warn`.
+pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+    let mode = target
+        .query
+        .get("fieldValidation")
+        .filter(|m| !m.is_empty())
+        .unwrap_or("Warn");
+    if !matches!(mode, "Ignore" | "Warn" | "Strict") {
+        return Err(ApiError::bad_request(format!(
+            "fieldValidation must be one of \"Ignore\", \"Warn\" or \"Strict\", not {mode:?}"
+        )));
+    }
+    let info = &target.info;
+    let def = crate::schema::definition(&info.group, &info.version, &info.kind);
+    let catalog = crate::schema::catalog();
+    if mode == "Ignore" {
+        catalog.prune_unknown(&def, obj, true);
+        return Ok(Vec::new());
+    }
+    let unknown: Vec<String> = catalog
+        .unknown_fields(&def, obj, true)
+        .iter()
+        .map(|p| format!("unknown field {p:?}"))
+        .collect();
+    if mode == "Strict" && !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+            unknown.join(", "),
+            kind = info.kind,
+            version = info.version,
+        )));
+    }
+    catalog.prune_unknown(&def, obj, true);
+    Ok(unknown)
+}
+
+/// Adds `Warning: 299 - "…"` headers.
+pub fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body> {
+    for w in warnings {
+        let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+            resp.headers_mut().append("Warning", v);
+        }
+    }
+    resp
+}
+
 /// Ensures the object's namespace matches the request's (filling it in when empty).
 fn check_namespace(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
     let meta = metadata_mut(obj);
@@ -109,6 +158,7 @@ pub async fn create(
 ) -> Result<Response<Body>, ApiError> {
     let mut obj = decode_object(content_type, body)?;
     check_type(target, &obj)?;
+    let warnings = field_validation(target, &mut obj)?;
     check_namespace(target, &mut obj)?;
     if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
         return Err(ApiError::internal(
@@ -150,13 +200,13 @@ pub async fn create(
         }
         let hooks = api.before_create(info, &mut obj).await?;
         if target.dry_run() {
-            return Ok(json_response(201, &obj));
+            return Ok(with_warnings(json_response(201, &obj), &warnings));
         }
         let key = info.key(target.namespace(), &name);
         match api.storage.create(&key, to_stored(&obj)).await? {
             Guarded::Done(rev) => {
                 super::set_resource_version(&mut obj, rev);
-                return Ok(json_response(201, &obj));
+                return Ok(with_warnings(json_response(201, &obj), &warnings));
             }
             Guarded::Changed(_) => {
                 api.undo_create(hooks).await;
@@ -265,8 +315,10 @@ pub async fn update(
 ) -> Result<Response<Body>, ApiError> {
     let view = view.unwrap_or(View::Main);
     let mut obj = decode_object(content_type, body)?;
+    let mut warnings = Vec::new();
     if view != View::Scale {
         check_type(target, &obj)?;
+        warnings = field_validation(target, &mut obj)?;
         check_namespace(target, &mut obj)?;
     }
     let body_name = meta_str(&obj, "name").unwrap_or("").to_string();
@@ -297,7 +349,10 @@ pub async fn update(
         let old = to_output(&current)?;
         let new = view.apply_body(&target.info, &old, obj.clone())?;
         match commit(api, target, &current, new, view).await? {
-            Some(stored) => return Ok(json_response(200, &view.present(&target.info, &stored)?)),
+            Some(stored) => {
+                let resp = json_response(200, &view.present(&target.info, &stored)?);
+                return Ok(with_warnings(resp, &warnings));
+            }
             None if precondition.is_some() => {
                 return Err(ApiError::modified(
                     &target.info.plural,
@@ -333,9 +388,19 @@ pub async fn patch(
             .ok_or_else(|| target.not_found())?;
         let old = to_output(&current)?;
         let shown = view.present(&target.info, &old)?;
-        let mut patched = crate::patch::apply(kind, &shown, body)?;
+        let def = match view {
+            View::Scale => crate::schema::definition("autoscaling", "v1", "Scale"),
+            View::Main | View::Status => crate::schema::definition(
+                &target.info.group,
+                &target.info.version,
+                &target.info.kind,
+            ),
+        };
+        let mut patched = crate::patch::apply(kind, &shown, body, Some(&def))?;
+        let mut warnings = Vec::new();
         if view != View::Scale {
             check_type(target, &patched)?;
+            warnings = field_validation(target, &mut patched)?;
         }
         // A resourceVersion in the patch is a precondition.
         let patched_rv = meta_str(&patched, "resourceVersion").map(str::to_string);
@@ -357,7 +422,8 @@ pub async fn patch(
         check_namespace(target, &mut patched)?;
         let new = view.apply_body(&target.info, &old, patched)?;
         if let Some(stored) = commit(api, target, &current, new, view).await? {
-            return Ok(json_response(200, &view.present(&target.info, &stored)?));
+            let resp = json_response(200, &view.present(&target.info, &stored)?);
+            return Ok(with_warnings(resp, &warnings));
         }
     }
     Err(ApiError::modified(

@@ -172,9 +172,172 @@ pub fn definition(group: &str, version: &str, kind: &str) -> String {
     }
 }
 
+/// Types whose JSON form is not an object with the table's fields (their values are not checked).
+fn opaque(def: &str) -> bool {
+    const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
+    matches!(
+        def.strip_prefix(META),
+        Some("Time" | "MicroTime" | "Duration" | "FieldsV1")
+    ) || matches!(
+        def,
+        "io.k8s.apimachinery.pkg.api.resource.Quantity"
+            | "io.k8s.apimachinery.pkg.util.intstr.IntOrString"
+            | "io.k8s.apimachinery.pkg.runtime.RawExtension"
+    ) || def.starts_with("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.JSON")
+}
+
+impl Catalog {
+    /// The fields of `def` by JSON name, Go-embedded structs' fields included.
+    fn json_fields<'a>(&'a self, def: &str, out: &mut HashMap<&'a str, &'a Field>) {
+        let Some(ty) = self.get(def) else { return };
+        for f in &ty.fields {
+            match (&f.json, &f.reference) {
+                (Some(name), _) => {
+                    out.insert(name.as_str(), f);
+                }
+                (None, Some(r)) => self.json_fields(r, out),
+                (None, None) => {}
+            }
+        }
+    }
+
+    /// The paths of fields in `value` that type `def` does not have (`spec.template.spec.containers[0].foo`),
+    /// as upstream's strict decoding reports them. `top` allows `apiVersion` and `kind`.
+    pub fn unknown_fields(&self, def: &str, value: &serde_json::Value, top: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        self.walk(def, value, "", top, &mut out);
+        out
+    }
+
+    /// Removes the fields `unknown_fields` reports, as decoding into the typed object does upstream.
+    pub fn prune_unknown(&self, def: &str, value: &mut serde_json::Value, top: bool) {
+        if opaque(def) || self.get(def).is_none() {
+            return;
+        }
+        let Some(obj) = value.as_object_mut() else {
+            return;
+        };
+        let mut fields = HashMap::new();
+        self.json_fields(def, &mut fields);
+        obj.retain(|k, _| {
+            (top && (k == "apiVersion" || k == "kind")) || fields.contains_key(k.as_str())
+        });
+        for (k, v) in obj.iter_mut() {
+            let Some(f) = fields.get(k.as_str()) else {
+                continue;
+            };
+            let Some(r) = f.reference.as_deref() else {
+                continue;
+            };
+            match (&f.kind, f.repeated, v) {
+                (Kind::Message, false, v) => self.prune_unknown(r, v, false),
+                (Kind::Message, true, serde_json::Value::Array(items)) => {
+                    for item in items {
+                        self.prune_unknown(r, item, false);
+                    }
+                }
+                (Kind::Map(_), _, serde_json::Value::Object(entries)) => {
+                    for item in entries.values_mut() {
+                        self.prune_unknown(r, item, false);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn walk(
+        &self,
+        def: &str,
+        value: &serde_json::Value,
+        path: &str,
+        top: bool,
+        out: &mut Vec<String>,
+    ) {
+        if opaque(def) || self.get(def).is_none() {
+            return;
+        }
+        let Some(obj) = value.as_object() else { return };
+        let mut fields = HashMap::new();
+        self.json_fields(def, &mut fields);
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        for (k, v) in obj {
+            if top && (k == "apiVersion" || k == "kind") {
+                continue;
+            }
+            let Some(f) = fields.get(k.as_str()) else {
+                out.push(join(k));
+                continue;
+            };
+            let Some(r) = f.reference.as_deref() else {
+                continue;
+            };
+            let here = join(k);
+            match (&f.kind, f.repeated, v) {
+                (Kind::Message, false, v) => self.walk(r, v, &here, false, out),
+                (Kind::Message, true, serde_json::Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        self.walk(r, item, &format!("{here}[{i}]"), false, out);
+                    }
+                }
+                (Kind::Map(_), _, serde_json::Value::Object(entries)) => {
+                    for (key, item) in entries {
+                        self.walk(r, item, &format!("{here}.{key}"), false, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pruning_removes_exactly_the_unknown_fields() {
+        let def = "io.k8s.api.apps.v1.Deployment";
+        let mut d = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "bogus": 1},
+            "spec": {"template": {"spec": {"containers": [{"name": "c", "typo": 1}], "volumes": [{"name": "v", "emptyDir": {}}]}}}});
+        catalog().prune_unknown(def, &mut d, true);
+        assert!(catalog().unknown_fields(def, &d, true).is_empty());
+        assert_eq!(d["metadata"], serde_json::json!({"name": "x"}));
+        assert_eq!(
+            d["spec"]["template"]["spec"]["volumes"][0]["emptyDir"],
+            serde_json::json!({})
+        );
+        assert_eq!(d["apiVersion"], "apps/v1");
+    }
+
+    #[test]
+    fn unknown_fields_are_found_at_any_depth() {
+        let d = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x", "bogus": 1},
+            "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c", "image": "i", "imagePullPolicyy": "x"}],
+            "volumes": [{"name": "v", "emptyDir": {}}]}}}, "extra": true});
+        let unknown = catalog().unknown_fields("io.k8s.api.apps.v1.Deployment", &d, true);
+        assert_eq!(
+            unknown,
+            [
+                "extra",
+                "metadata.bogus",
+                "spec.template.spec.containers[0].imagePullPolicyy"
+            ]
+        );
+        let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "labels": {"a": "b"},
+            "creationTimestamp": null}, "data": {"k": "v"}});
+        assert!(
+            catalog()
+                .unknown_fields("io.k8s.api.core.v1.ConfigMap", &cm, true)
+                .is_empty()
+        );
+    }
 
     #[test]
     fn table_has_the_served_types_with_markers() {

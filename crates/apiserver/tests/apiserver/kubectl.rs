@@ -121,7 +121,7 @@ async fn discovery(c: Cluster) -> Result<()> {
 per_backend!(discovery_and_bootstrap, super::discovery);
 
 async fn create_get_modify_delete(c: Cluster) -> Result<()> {
-    let out = c.kubectl_in(&["create", "-f", "-", "--validate=false"], APP)?;
+    let out = c.kubectl_in(&["create", "-f", "-"], APP)?;
     for line in [
         "namespace/shop created",
         "configmap/settings created",
@@ -213,12 +213,11 @@ async fn create_get_modify_delete(c: Cluster) -> Result<()> {
             "cm",
             &format!("sorted-{i}"),
             &format!("--from-literal=n={i}"),
-            "--validate=false",
             "--dry-run=client",
             "-o",
             "json",
         ])
-        .and_then(|doc| c.kubectl_in(&["create", "-f", "-", "--validate=false"], &doc))?;
+        .and_then(|doc| c.kubectl_in(&["create", "-f", "-"], &doc))?;
     }
     let sorted = c.kubectl(&[
         "-n",
@@ -313,9 +312,9 @@ async fn create_get_modify_delete(c: Cluster) -> Result<()> {
     let again = format!(
         r#"{{"apiVersion":"v1","kind":"Service","metadata":{{"name":"again","namespace":"shop"}},"spec":{{"clusterIP":"{ip}","ports":[{{"port":80}}]}}}}"#
     );
-    c.kubectl_in(&["create", "-f", "-", "--validate=false"], &again)?;
+    c.kubectl_in(&["create", "-f", "-"], &again)?;
     let taken = c.kubectl_err(
-        &["create", "-f", "-", "--validate=false"],
+        &["create", "-f", "-"],
         Some(&again.replace("\"again\"", "\"clash\"")),
     )?;
     ensure!(
@@ -328,7 +327,7 @@ per_backend!(create_get_modify_delete, super::create_get_modify_delete);
 
 async fn watch(c: Cluster) -> Result<()> {
     c.kubectl(&["create", "ns", "w", "--dry-run=client", "-o", "json"])
-        .and_then(|doc| c.kubectl_in(&["create", "-f", "-", "--validate=false"], &doc))?;
+        .and_then(|doc| c.kubectl_in(&["create", "-f", "-"], &doc))?;
     let mut cmd = c.kubectl_cmd(&[
         "-n",
         "w",
@@ -344,7 +343,7 @@ async fn watch(c: Cluster) -> Result<()> {
     let watcher = k3rs_tests::Proc::spawn("kubectl-watch", &mut cmd, &log)?;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let doc = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"w"},"data":{"v":"1"}}"#;
-    c.kubectl_in(&["create", "-f", "-", "--validate=false"], doc)?;
+    c.kubectl_in(&["create", "-f", "-"], doc)?;
     c.kubectl(&[
         "-n",
         "w",
@@ -489,3 +488,111 @@ async fn generators(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(create_generators_over_protobuf, super::generators);
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+  labels: {app: web}
+spec:
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        env:
+        - {name: A, value: "1"}
+      - name: sidecar
+        image: busybox:1.36
+"#;
+
+/// Client-side apply with kubectl's default (server-side) validation, re-apply as a strategic merge patch,
+/// diff, patch in its default (strategic) form, and unknown fields refused, warned about or dropped.
+async fn apply(c: Cluster) -> Result<()> {
+    let out = c.kubectl_in(&["apply", "-f", "-"], WEB)?;
+    ensure!(out.contains("deployment.apps/web created"), "{out}");
+    let again = c.kubectl_in(&["apply", "-f", "-"], WEB)?;
+    ensure!(again.contains("deployment.apps/web unchanged"), "{again}");
+    // Edit: new image, sidecar removed, an env var added. Fields set by others (a label) survive.
+    c.kubectl(&["label", "deploy", "web", "owner=ops"])?;
+    let edited = WEB
+        .replace(
+            "image: busybox:1.36\n        env:",
+            "image: busybox:1.37\n        env:",
+        )
+        .replace(
+            "        - {name: A, value: \"1\"}\n",
+            "        - {name: A, value: \"1\"}\n        - {name: B, value: \"2\"}\n",
+        )
+        .replace("      - name: sidecar\n        image: busybox:1.36\n", "");
+    let diff = c.run(&["diff", "-f", "-"], Some(&edited))?;
+    ensure!(
+        diff.stdout.contains("+        image: busybox:1.37"),
+        "diff: {}{}",
+        diff.stdout,
+        diff.stderr
+    );
+    let out = c.kubectl_in(&["apply", "-f", "-"], &edited)?;
+    ensure!(out.contains("deployment.apps/web configured"), "{out}");
+    let d = json(&c, &["get", "deploy", "web"])?;
+    let containers = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        containers.len() == 1 && containers[0]["image"] == "busybox:1.37",
+        "{containers:?}"
+    );
+    ensure!(
+        containers[0]["env"]
+            == serde_json::json!([{"name": "A", "value": "1"}, {"name": "B", "value": "2"}])
+    );
+    ensure!(
+        d["metadata"]["labels"]["owner"] == "ops" && d["metadata"]["generation"] == 2,
+        "{}",
+        d["metadata"]
+    );
+    // `kubectl patch` defaults to a strategic merge patch: containers merge by name.
+    c.kubectl(&["patch", "deploy", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"C","value":"3"}]}]}}}}"#])?;
+    let env =
+        json(&c, &["get", "deploy", "web"])?["spec"]["template"]["spec"]["containers"][0]["env"]
+            .clone();
+    ensure!(env.as_array().map(Vec::len) == Some(3), "{env}");
+    // Unknown fields: refused by default validation, warned about and dropped with --validate=warn.
+    let typo = edited.replace(
+        "image: busybox:1.37",
+        "image: busybox:1.37\n        imagePullPolicyy: Always",
+    );
+    let e = c.kubectl_err(&["apply", "-f", "-"], Some(&typo))?;
+    ensure!(
+        e.contains(r#"strict decoding error: unknown field "spec.template.spec.containers[0].imagePullPolicyy""#),
+        "{e}"
+    );
+    let warned = c.run(
+        &["apply", "--validate=warn", "-f", "-"],
+        Some(&typo.replace("busybox:1.37", "busybox:1.38")),
+    )?;
+    ensure!(
+        warned.ok && warned.stderr.contains("Warning: unknown field"),
+        "{warned:?}"
+    );
+    let container =
+        json(&c, &["get", "deploy", "web"])?["spec"]["template"]["spec"]["containers"][0].clone();
+    ensure!(
+        container["image"] == "busybox:1.38" && container.get("imagePullPolicyy").is_none(),
+        "{container}"
+    );
+    let explain = c.kubectl(&["explain", "deployment.spec.template.spec.containers.ports"])?;
+    ensure!(
+        explain.contains("containerPort") && explain.contains("<integer>"),
+        "{explain}"
+    );
+    Ok(())
+}
+per_backend!(apply_validate_diff_patch, super::apply);
