@@ -84,16 +84,20 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
         opts.continue_token = None;
         opts.resource_version_match = None;
         let listed = if exact {
-            let stored = api.storage.get(&prefix).await?;
-            let revision = api.storage.current_revision().await?;
-            let items = match stored {
-                Some(s) => {
-                    let o = to_output(&s)?;
-                    if opts.matches(&o) { vec![o] } else { vec![] }
+            // One range read gives the object and the revision it was read at.
+            let end = format!("{prefix}\u{0}");
+            let page = api
+                .storage
+                .range(prefix.as_bytes(), end.as_bytes(), 0, 0)
+                .await?;
+            let mut items = Vec::new();
+            if let Some(s) = page.items.first() {
+                let o = to_output(s)?;
+                if opts.matches(&o) {
+                    items.push(o);
                 }
-                None => vec![],
-            };
-            (items, revision)
+            }
+            (items, page.revision)
         } else {
             let l = read_list(api, &prefix, &opts).await?;
             (l.items, l.revision)

@@ -136,19 +136,6 @@ impl Storage {
         }
     }
 
-    /// The store's current revision.
-    pub async fn current_revision(&self) -> Result<i64, StorageError> {
-        let resp = self
-            .kv
-            .clone()
-            .get(
-                "/registry/health",
-                Some(GetOptions::new().with_count_only()),
-            )
-            .await?;
-        Ok(resp.header().map_or(0, |h| h.revision()))
-    }
-
     /// One object at the newest revision.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>, StorageError> {
         let resp = self.kv.clone().get(key, None).await?;

@@ -596,3 +596,80 @@ async fn apply(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(apply_validate_diff_patch, super::apply);
+
+/// `kubectl edit` through $EDITOR, `wait --for=condition` on a status written through `/status`, and
+/// `wait --for=delete`.
+async fn edit_and_wait(c: Cluster) -> Result<()> {
+    c.kubectl_in(&["apply", "-f", "-"], WEB)?;
+    // An "editor" that rewrites the image in the file kubectl hands it.
+    let editor = c.data_dir().join("editor.sh");
+    std::fs::write(
+        &editor,
+        "#!/bin/sh\nsed -i 's/busybox:1.36/busybox:edited/' \"$1\"\n",
+    )?;
+    std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut cmd = c.kubectl_cmd(&["edit", "deploy", "web"])?;
+    let out = cmd.env("KUBE_EDITOR", &editor).output()?;
+    ensure!(
+        out.status.success(),
+        "edit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = c.kubectl(&[
+        "get",
+        "deploy",
+        "web",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ])?;
+    ensure!(image == "busybox:edited", "{image}");
+
+    // wait --for=condition sees a condition written through the status subresource.
+    let mut waiter = c.kubectl_cmd(&[
+        "wait",
+        "deploy/web",
+        "--for=condition=Available",
+        "--timeout=30s",
+    ])?;
+    let waiter = waiter
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut d = json(&c, &["get", "deploy", "web"])?;
+    d["status"] = serde_json::json!({"observedGeneration": 2, "replicas": 1,
+        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable", "message": "ok"}]});
+    let file = c.data_dir().join("status.json");
+    std::fs::write(&file, d.to_string())?;
+    c.kubectl(&[
+        "replace",
+        "--raw",
+        "/apis/apps/v1/namespaces/default/deployments/web/status",
+        "-f",
+        &file.display().to_string(),
+    ])?;
+    let out = waiter.wait_with_output()?;
+    ensure!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("condition met"),
+        "wait: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // wait --for=delete returns once the object is gone.
+    let mut waiter = c.kubectl_cmd(&["wait", "deploy/web", "--for=delete", "--timeout=30s"])?;
+    let waiter = waiter
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.kubectl(&["delete", "deploy", "web", "--wait=false"])?;
+    let out = waiter.wait_with_output()?;
+    ensure!(
+        out.status.success(),
+        "wait --for=delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+per_backend!(edit_and_wait, super::edit_and_wait);
