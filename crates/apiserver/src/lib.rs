@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod patch;
 pub mod pki;
+pub mod printers;
 pub mod protobuf;
 pub mod request;
 pub mod resources;

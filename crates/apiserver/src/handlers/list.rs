@@ -4,7 +4,7 @@ use base64::Engine;
 use hyper::Response;
 use serde_json::{Value, json};
 
-use super::{Body, Target, json_response, to_output};
+use super::{Body, Target, read_response, to_output};
 use crate::api::Api;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -277,7 +277,7 @@ pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError
         }
         _ => read_list(api, &info.list_prefix(target.namespace()), &opts).await?,
     };
-    Ok(json_response(200, &list_body(info, listed)))
+    Ok(read_response(target, list_body(info, listed)))
 }
 
 fn list_body(info: &crate::resources::ResourceInfo, listed: Listed) -> Value {

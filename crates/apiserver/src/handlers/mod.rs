@@ -8,6 +8,8 @@ mod subresource;
 mod watch;
 mod write;
 
+pub use subresource::selector_string;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -33,6 +35,29 @@ pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
+}
+
+/// The response for a read: the object or list, or a Table of it when the client asked for one.
+pub fn read_response(target: &Target, value: Value) -> Response<Body> {
+    let Some(include) = target.table else {
+        return json_response(200, &value);
+    };
+    let kind = &target.info.kind;
+    let table = match value.get("items").and_then(Value::as_array) {
+        Some(items) if value["kind"] != kind.as_str() => {
+            crate::printers::table(kind, items, value["metadata"].clone(), include)
+        }
+        _ => {
+            let rv = value["metadata"]["resourceVersion"].clone();
+            crate::printers::table(
+                kind,
+                std::slice::from_ref(&value),
+                serde_json::json!({"resourceVersion": rv}),
+                include,
+            )
+        }
+    };
+    json_response(200, &table)
 }
 
 /// A JSON response.
@@ -169,6 +194,8 @@ pub struct Target {
     pub info: Arc<ResourceInfo>,
     pub req: RequestInfo,
     pub query: Query,
+    /// The client asked for a `meta.k8s.io/v1` Table (reads only), with this much of each object.
+    pub table: Option<crate::printers::Include>,
 }
 
 impl Target {
@@ -227,10 +254,17 @@ pub async fn handle(
         return error_response(&ApiError::route_not_found());
     }
     let verb = info.verb;
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|a| a.to_str().ok());
+    let table = (crate::printers::wants_table(accept) && matches!(verb, "get" | "list" | "watch"))
+        .then(|| crate::printers::Include::parse(query.get("includeObject")));
     let target = Target {
         info: res,
         req: info,
         query,
+        table,
     };
     let start = std::time::Instant::now();
     let resource_label = target.info.plural.clone();

@@ -2,7 +2,7 @@
 
 use hyper::Response;
 
-use super::{Body, Target, json_response, to_output};
+use super::{Body, Target, read_response, to_output};
 use crate::api::Api;
 use crate::status::ApiError;
 
@@ -12,5 +12,5 @@ pub async fn get(api: &Api, target: &Target) -> Result<Response<Body>, ApiError>
         .get(&target.key())
         .await?
         .ok_or_else(|| target.not_found())?;
-    Ok(json_response(200, &to_output(&stored)?))
+    Ok(read_response(target, to_output(&stored)?))
 }

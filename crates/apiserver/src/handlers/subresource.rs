@@ -18,7 +18,7 @@ pub enum View {
 }
 
 /// A label selector in its string form (`a=b,c in (d,e)`), as `Scale.status.selector` carries it.
-fn selector_string(sel: &Value) -> String {
+pub fn selector_string(sel: &Value) -> String {
     let mut parts = Vec::new();
     let match_labels = sel
         .get("matchLabels")

@@ -23,11 +23,23 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 
 struct Sink {
     tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
+    /// Objects go out as one-row Tables (`kubectl get -w`).
+    table: Option<(String, crate::printers::Include)>,
 }
 
 impl Sink {
     /// Sends one event; false when the client has gone.
     async fn send(&self, kind: &str, object: &Value) -> bool {
+        let tabled;
+        let object = match &self.table {
+            Some((k, include)) if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") => {
+                let rv = object["metadata"]["resourceVersion"].clone();
+                let meta = json!({"resourceVersion": rv});
+                tabled = crate::printers::table(k, std::slice::from_ref(object), meta, *include);
+                &tabled
+            }
+            _ => object,
+        };
         let mut line =
             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
@@ -38,12 +50,12 @@ impl Sink {
     }
 }
 
-fn bookmark(target: &Target, rev: i64, initial_end: bool) -> Value {
+fn bookmark(kind: &str, api_version: &str, rev: i64, initial_end: bool) -> Value {
     let mut meta = json!({"resourceVersion": rev.to_string()});
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    json!({"kind": target.info.kind, "apiVersion": target.info.api_version(), "metadata": meta})
+    json!({"kind": kind, "apiVersion": api_version, "metadata": meta})
 }
 
 pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiError> {
@@ -114,15 +126,15 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
         .map_err(ApiError::from)?;
 
     let (tx, rx) = mpsc::channel(64);
-    let sink = Sink { tx };
     let target_kind = target.info.kind.clone();
+    let sink = Sink {
+        tx,
+        table: target.table.map(|include| (target_kind.clone(), include)),
+    };
+    let api_version = target.info.api_version();
     let bookmark_obj = {
-        let t = Target {
-            info: target.info.clone(),
-            req: target.req.clone(),
-            query: target.query.clone(),
-        };
-        move |rev: i64, end: bool| bookmark(&t, rev, end)
+        let kind = target_kind.clone();
+        move |rev: i64, end: bool| bookmark(&kind, &api_version, rev, end)
     };
     let metrics = api.metrics.clone();
     tokio::spawn(async move {

@@ -673,3 +673,99 @@ async fn edit_and_wait(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(edit_and_wait, super::edit_and_wait);
+
+fn header(out: &str) -> Vec<String> {
+    out.lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `kubectl get` prints the server's Table: upstream's columns, `-o wide` extras, NAMESPACE with `-A`.
+async fn tables(c: Cluster) -> Result<()> {
+    c.kubectl_in(&["apply", "-f", "-"], WEB)?;
+    c.kubectl(&[
+        "create",
+        "configmap",
+        "two",
+        "--from-literal=a=1",
+        "--from-literal=b=2",
+    ])?;
+    let deploy = c.kubectl(&["get", "deploy"])?;
+    ensure!(
+        header(&deploy) == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+        "{deploy}"
+    );
+    ensure!(
+        deploy
+            .lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(4)
+            .collect::<Vec<_>>()
+            == ["web", "0/1", "0", "0"],
+        "{deploy}"
+    );
+    let wide = c.kubectl(&["get", "deploy", "-o", "wide"])?;
+    ensure!(
+        header(&wide).ends_with(&["CONTAINERS".into(), "IMAGES".into(), "SELECTOR".into()]),
+        "{wide}"
+    );
+    ensure!(
+        wide.contains("web,sidecar") && wide.contains("app=web"),
+        "{wide}"
+    );
+    let cms = c.kubectl(&["get", "cm", "-A"])?;
+    ensure!(
+        header(&cms) == ["NAMESPACE", "NAME", "DATA", "AGE"],
+        "{cms}"
+    );
+    ensure!(
+        cms.lines()
+            .any(|l| l.split_whitespace().take(3).collect::<Vec<_>>() == ["default", "two", "2"]),
+        "{cms}"
+    );
+    let svc = c.kubectl(&["get", "svc", "kubernetes"])?;
+    ensure!(
+        header(&svc)
+            == [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE"
+            ],
+        "{svc}"
+    );
+    ensure!(
+        svc.contains("10.43.0.1") && svc.contains("443/TCP"),
+        "{svc}"
+    );
+    let ns = c.kubectl(&["get", "ns", "default"])?;
+    ensure!(
+        ns.lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            == Some("Active"),
+        "{ns}"
+    );
+    // Kinds without a printer get upstream's default Name / Created At.
+    let roles = c
+        .kubectl(&[
+            "create",
+            "clusterrole",
+            "viewer",
+            "--verb=get",
+            "--resource=pods",
+        ])
+        .and_then(|_| c.kubectl(&["get", "clusterrole", "viewer"]))?;
+    ensure!(header(&roles) == ["NAME", "CREATED", "AT"], "{roles}");
+    Ok(())
+}
+per_backend!(tables_as_upstream, super::tables);

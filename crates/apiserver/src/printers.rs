@@ -1,0 +1,1037 @@
+//! Server-side printing: the `meta.k8s.io/v1` Table kubectl asks for, with upstream's columns per built-in
+//! kind (`pkg/printers/internalversion`), `-o wide` columns at priority 1, and rows carrying the object's
+//! metadata (or the whole object with `includeObject=Object`).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+/// One column: name, type, priority (1 = only with `-o wide`).
+struct Col(&'static str, &'static str, u8);
+
+const NAME: Col = Col("Name", "string", 0);
+const AGE: Col = Col("Age", "string", 0);
+
+fn columns(kind: &str) -> Option<Vec<Col>> {
+    let s = "string";
+    let i = "integer";
+    Some(match kind {
+        "Namespace" => vec![NAME, Col("Status", s, 0), AGE],
+        "Pod" => vec![
+            NAME,
+            Col("Ready", s, 0),
+            Col("Status", s, 0),
+            Col("Restarts", s, 0),
+            AGE,
+            Col("IP", s, 1),
+            Col("Node", s, 1),
+            Col("Nominated Node", s, 1),
+            Col("Readiness Gates", s, 1),
+        ],
+        "Service" => vec![
+            NAME,
+            Col("Type", s, 0),
+            Col("Cluster-IP", s, 0),
+            Col("External-IP", s, 0),
+            Col("Port(s)", s, 0),
+            AGE,
+            Col("Selector", s, 1),
+        ],
+        "ConfigMap" => vec![NAME, Col("Data", i, 0), AGE],
+        "Secret" => vec![NAME, Col("Type", s, 0), Col("Data", i, 0), AGE],
+        "ServiceAccount" => vec![NAME, Col("Secrets", i, 0), AGE],
+        "Endpoints" => vec![NAME, Col("Endpoints", s, 0), AGE],
+        "Node" => vec![
+            NAME,
+            Col("Status", s, 0),
+            Col("Roles", s, 0),
+            AGE,
+            Col("Version", s, 0),
+            Col("Internal-IP", s, 1),
+            Col("External-IP", s, 1),
+            Col("OS-Image", s, 1),
+            Col("Kernel-Version", s, 1),
+            Col("Container-Runtime", s, 1),
+        ],
+        "Event" => vec![
+            Col("Last Seen", s, 0),
+            Col("Type", s, 0),
+            Col("Reason", s, 0),
+            Col("Object", s, 0),
+            Col("Message", s, 0),
+        ],
+        "Deployment" => vec![
+            NAME,
+            Col("Ready", s, 0),
+            Col("Up-to-date", i, 0),
+            Col("Available", i, 0),
+            AGE,
+            Col("Containers", s, 1),
+            Col("Images", s, 1),
+            Col("Selector", s, 1),
+        ],
+        "ReplicaSet" | "ReplicationController" => vec![
+            NAME,
+            Col("Desired", i, 0),
+            Col("Current", i, 0),
+            Col("Ready", i, 0),
+            AGE,
+            Col("Containers", s, 1),
+            Col("Images", s, 1),
+            Col("Selector", s, 1),
+        ],
+        "StatefulSet" => vec![
+            NAME,
+            Col("Ready", s, 0),
+            AGE,
+            Col("Containers", s, 1),
+            Col("Images", s, 1),
+        ],
+        "DaemonSet" => vec![
+            NAME,
+            Col("Desired", i, 0),
+            Col("Current", i, 0),
+            Col("Ready", i, 0),
+            Col("Up-to-date", i, 0),
+            Col("Available", i, 0),
+            Col("Node Selector", s, 0),
+            AGE,
+            Col("Containers", s, 1),
+            Col("Images", s, 1),
+            Col("Selector", s, 1),
+        ],
+        "Job" => vec![
+            NAME,
+            Col("Status", s, 0),
+            Col("Completions", s, 0),
+            Col("Duration", s, 0),
+            AGE,
+            Col("Containers", s, 1),
+            Col("Images", s, 1),
+            Col("Selector", s, 1),
+        ],
+        "CronJob" => vec![
+            NAME,
+            Col("Schedule", s, 0),
+            Col("Timezone", s, 0),
+            Col("Suspend", "boolean", 0),
+            Col("Active", i, 0),
+            Col("Last Schedule", s, 0),
+            AGE,
+            Col("Containers", s, 1),
+            Col("Images", s, 1),
+            Col("Selector", s, 1),
+        ],
+        "Lease" => vec![NAME, Col("Holder", s, 0), AGE],
+        "EndpointSlice" => vec![
+            NAME,
+            Col("AddressType", s, 0),
+            Col("Ports", s, 0),
+            Col("Endpoints", s, 0),
+            AGE,
+        ],
+        "PersistentVolumeClaim" => vec![
+            NAME,
+            Col("Status", s, 0),
+            Col("Volume", s, 0),
+            Col("Capacity", s, 0),
+            Col("Access Modes", s, 0),
+            Col("StorageClass", s, 0),
+            Col("VolumeAttributesClass", s, 0),
+            AGE,
+            Col("VolumeMode", s, 1),
+        ],
+        "PersistentVolume" => vec![
+            NAME,
+            Col("Capacity", s, 0),
+            Col("Access Modes", s, 0),
+            Col("Reclaim Policy", s, 0),
+            Col("Status", s, 0),
+            Col("Claim", s, 0),
+            Col("StorageClass", s, 0),
+            Col("VolumeAttributesClass", s, 0),
+            Col("Reason", s, 0),
+            AGE,
+            Col("VolumeMode", s, 1),
+        ],
+        "Ingress" => vec![
+            NAME,
+            Col("Class", s, 0),
+            Col("Hosts", s, 0),
+            Col("Address", s, 0),
+            Col("Ports", s, 0),
+            AGE,
+        ],
+        "PodDisruptionBudget" => vec![
+            NAME,
+            Col("Min Available", s, 0),
+            Col("Max Unavailable", s, 0),
+            Col("Allowed Disruptions", i, 0),
+            AGE,
+        ],
+        "PriorityClass" => vec![
+            NAME,
+            Col("Value", i, 0),
+            Col("Global-Default", "boolean", 0),
+            AGE,
+            Col("PreemptionPolicy", s, 0),
+        ],
+        "StorageClass" => vec![
+            NAME,
+            Col("Provisioner", s, 0),
+            Col("ReclaimPolicy", s, 0),
+            Col("VolumeBindingMode", s, 0),
+            Col("AllowVolumeExpansion", s, 0),
+            AGE,
+        ],
+        "RoleBinding" | "ClusterRoleBinding" => vec![
+            NAME,
+            Col("Role", s, 0),
+            AGE,
+            Col("Users", s, 1),
+            Col("Groups", s, 1),
+            Col("ServiceAccounts", s, 1),
+        ],
+        _ => return None,
+    })
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-11-27T12:00:00Z`, fractions ignored).
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+/// Upstream's `duration.HumanDuration` (`5m2s`, `3h`, `2d4h`, `3y12d`).
+pub fn human_duration(d: Duration) -> String {
+    let seconds = d.as_secs();
+    if seconds < 120 {
+        return format!("{seconds}s");
+    }
+    let minutes = seconds / 60;
+    if minutes < 10 {
+        let s = seconds % 60;
+        return if s == 0 {
+            format!("{minutes}m")
+        } else {
+            format!("{minutes}m{s}s")
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = minutes / 60;
+    if hours < 8 {
+        let m = minutes % 60;
+        return if m == 0 {
+            format!("{hours}h")
+        } else {
+            format!("{hours}h{m}m")
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        let h = hours % 24;
+        return if h == 0 {
+            format!("{}d", hours / 24)
+        } else {
+            format!("{}d{h}h", hours / 24)
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let dy = (hours / 24) % 365;
+        return if dy == 0 {
+            format!("{}y", hours / 24 / 365)
+        } else {
+            format!("{}y{dy}d", hours / 24 / 365)
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// "5m" since a timestamp, `<unknown>` when absent (upstream's `translateTimestampSince`).
+fn since(ts: &Value) -> String {
+    match ts.as_str().and_then(parse_rfc3339) {
+        Some(t) => human_duration(Duration::from_secs((now() - t).max(0) as u64)),
+        None => "<unknown>".into(),
+    }
+}
+
+fn age(obj: &Value) -> Value {
+    Value::from(since(&obj["metadata"]["creationTimestamp"]))
+}
+
+fn str_of(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+fn int_of(v: &Value) -> i64 {
+    v.as_i64().unwrap_or(0)
+}
+
+fn or_none(s: String) -> String {
+    if s.is_empty() { "<none>".into() } else { s }
+}
+
+fn list_strs(v: &Value, field: &str) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|x| {
+            if field.is_empty() {
+                str_of(x).to_string()
+            } else {
+                str_of(&x[field]).to_string()
+            }
+        })
+        .collect()
+}
+
+fn selector_text(sel: &Value) -> String {
+    crate::handlers::selector_string(sel)
+}
+
+fn containers_and_images(template_spec: &Value) -> (Value, Value) {
+    let cs = &template_spec["containers"];
+    (
+        Value::from(list_strs(cs, "name").join(",")),
+        Value::from(list_strs(cs, "image").join(",")),
+    )
+}
+
+fn pod_cells(obj: &Value) -> Vec<Value> {
+    let status = &obj["status"];
+    let total = obj["spec"]["containers"].as_array().map_or(0, Vec::len);
+    let statuses = status["containerStatuses"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+    let restarts: i64 = statuses.iter().map(|c| int_of(&c["restartCount"])).sum();
+    let mut reason = status["reason"]
+        .as_str()
+        .or_else(|| status["phase"].as_str())
+        .unwrap_or("")
+        .to_string();
+    for c in &statuses {
+        if let Some(w) = c["state"]["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = w.to_string();
+        } else if let Some(t) = c["state"]["terminated"].as_object() {
+            reason = t
+                .get("reason")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| {
+                    format!(
+                        "ExitCode:{}",
+                        t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    )
+                });
+        }
+    }
+    if obj["metadata"].get("deletionTimestamp").is_some() {
+        reason = if status["reason"] == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
+    }
+    let ip = str_of(&status["podIP"]);
+    let gates = obj["spec"]["readinessGates"].as_array().map_or(0, Vec::len);
+    let gates_cell = if gates == 0 {
+        "<none>".to_string()
+    } else {
+        let conds = status["conditions"].as_array().cloned().unwrap_or_default();
+        let true_gates = obj["spec"]["readinessGates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|g| {
+                conds
+                    .iter()
+                    .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+            })
+            .count();
+        format!("{true_gates}/{gates}")
+    };
+    vec![
+        Value::from(format!("{ready}/{total}")),
+        Value::from(reason),
+        Value::from(restarts.to_string()),
+        age(obj),
+        Value::from(if ip.is_empty() { "<none>" } else { ip }),
+        Value::from(or_none(str_of(&obj["spec"]["nodeName"]).to_string())),
+        Value::from(or_none(str_of(&status["nominatedNodeName"]).to_string())),
+        Value::from(gates_cell),
+    ]
+}
+
+fn service_cells(obj: &Value) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let svc_type = str_of(&spec["type"]);
+    let mut external: Vec<String> = list_strs(&spec["externalIPs"], "");
+    if svc_type == "LoadBalancer" {
+        for ing in obj["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let v = ing["ip"]
+                .as_str()
+                .or_else(|| ing["hostname"].as_str())
+                .unwrap_or("");
+            if !v.is_empty() {
+                external.push(v.to_string());
+            }
+        }
+    }
+    let external = match (svc_type, external.is_empty()) {
+        ("ExternalName", _) => str_of(&spec["externalName"]).to_string(),
+        ("LoadBalancer", true) => "<pending>".into(),
+        (_, true) => "<none>".into(),
+        _ => external.join(","),
+    };
+    let ports: Vec<String> = spec["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| match p["nodePort"].as_i64() {
+            Some(np) if np > 0 => format!("{}:{np}/{}", int_of(&p["port"]), str_of(&p["protocol"])),
+            _ => format!("{}/{}", int_of(&p["port"]), str_of(&p["protocol"])),
+        })
+        .collect();
+    let selector: Vec<String> = spec["selector"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", str_of(v)))
+        .collect();
+    vec![
+        Value::from(svc_type),
+        Value::from(or_none(str_of(&spec["clusterIP"]).to_string())),
+        Value::from(external),
+        Value::from(if ports.is_empty() {
+            "<none>".to_string()
+        } else {
+            ports.join(",")
+        }),
+        age(obj),
+        Value::from(or_none(selector.join(","))),
+    ]
+}
+
+fn job_cells(obj: &Value) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let status = &obj["status"];
+    let conds = status["conditions"].as_array().cloned().unwrap_or_default();
+    let has = |t: &str| {
+        conds
+            .iter()
+            .any(|c| c["type"] == t && c["status"] == "True")
+    };
+    let state = if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if obj["metadata"].get("deletionTimestamp").is_some() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let completions = match spec["completions"].as_i64() {
+        Some(c) => format!("{}/{c}", int_of(&status["succeeded"])),
+        None => format!(
+            "{}/1 of {}",
+            int_of(&status["succeeded"]),
+            spec["parallelism"].as_i64().unwrap_or(1)
+        ),
+    };
+    let duration = match (
+        status["startTime"].as_str().and_then(parse_rfc3339),
+        status["completionTime"].as_str().and_then(parse_rfc3339),
+    ) {
+        (Some(s), Some(e)) => human_duration(Duration::from_secs((e - s).max(0) as u64)),
+        (Some(s), None) => human_duration(Duration::from_secs((now() - s).max(0) as u64)),
+        _ => String::new(),
+    };
+    let (c, i) = containers_and_images(&spec["template"]["spec"]);
+    vec![
+        Value::from(state),
+        Value::from(completions),
+        Value::from(duration),
+        age(obj),
+        c,
+        i,
+        Value::from(or_none(selector_text(&spec["selector"]))),
+    ]
+}
+
+fn node_cells(obj: &Value) -> Vec<Value> {
+    let status = &obj["status"];
+    let conds = status["conditions"].as_array().cloned().unwrap_or_default();
+    let ready = conds.iter().find(|c| c["type"] == "Ready");
+    let mut state = match ready.map(|c| str_of(&c["status"])) {
+        Some("True") => "Ready".to_string(),
+        Some(_) => "NotReady".to_string(),
+        None => "Unknown".to_string(),
+    };
+    if obj["spec"]["unschedulable"] == true {
+        state.push_str(",SchedulingDisabled");
+    }
+    let mut roles: Vec<String> = obj["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| {
+            k.strip_prefix("node-role.kubernetes.io/")
+                .map(str::to_string)
+                .or_else(|| (k == "kubernetes.io/role").then(|| str_of(v).to_string()))
+        })
+        .filter(|r| !r.is_empty())
+        .collect();
+    roles.sort();
+    let addr = |t: &str| {
+        status["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["type"] == t)
+            .map(|a| str_of(&a["address"]).to_string())
+            .unwrap_or_else(|| "<none>".into())
+    };
+    let info = &status["nodeInfo"];
+    vec![
+        Value::from(state),
+        Value::from(or_none(roles.join(","))),
+        age(obj),
+        Value::from(str_of(&info["kubeletVersion"])),
+        Value::from(addr("InternalIP")),
+        Value::from(addr("ExternalIP")),
+        Value::from(or_none(str_of(&info["osImage"]).to_string())),
+        Value::from(or_none(str_of(&info["kernelVersion"]).to_string())),
+        Value::from(or_none(
+            str_of(&info["containerRuntimeVersion"]).to_string(),
+        )),
+    ]
+}
+
+fn event_cells(obj: &Value) -> Vec<Value> {
+    let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
+        .iter()
+        .map(|f| &obj[*f])
+        .find(|v| v.is_string())
+        .cloned()
+        .unwrap_or_else(|| obj["metadata"]["creationTimestamp"].clone());
+    let inv = &obj["involvedObject"];
+    let object = format!(
+        "{}/{}",
+        str_of(&inv["kind"]).to_ascii_lowercase(),
+        str_of(&inv["name"])
+    );
+    vec![
+        Value::from(since(&last)),
+        Value::from(str_of(&obj["type"])),
+        Value::from(str_of(&obj["reason"])),
+        Value::from(object),
+        Value::from(str_of(&obj["message"]).trim().to_string()),
+    ]
+}
+
+fn endpoints_text(obj: &Value) -> String {
+    let mut parts = Vec::new();
+    for subset in obj["subsets"].as_array().into_iter().flatten() {
+        for addr in subset["addresses"].as_array().into_iter().flatten() {
+            let ports = subset["ports"].as_array().cloned().unwrap_or_default();
+            if ports.is_empty() {
+                parts.push(str_of(&addr["ip"]).to_string());
+            }
+            for p in &ports {
+                parts.push(format!("{}:{}", str_of(&addr["ip"]), int_of(&p["port"])));
+            }
+        }
+    }
+    let n = parts.len();
+    if n == 0 {
+        return "<none>".into();
+    }
+    if n > 3 {
+        return format!("{} + {} more...", parts[..3].join(","), n - 3);
+    }
+    parts.join(",")
+}
+
+fn int_or_string(v: &Value) -> String {
+    match v {
+        Value::Null => "N/A".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The cells of one row after the Name column (upstream's printer for `kind`).
+fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+    let spec = &obj["spec"];
+    let status = &obj["status"];
+    match kind {
+        "Namespace" => vec![Value::from(str_of(&status["phase"])), age(obj)],
+        "Pod" => pod_cells(obj),
+        "Service" => service_cells(obj),
+        "ConfigMap" => {
+            let n = ["data", "binaryData"]
+                .iter()
+                .map(|f| obj[*f].as_object().map_or(0, |m| m.len()))
+                .sum::<usize>();
+            vec![Value::from(n), age(obj)]
+        }
+        "Secret" => vec![
+            Value::from(str_of(&obj["type"])),
+            Value::from(obj["data"].as_object().map_or(0, |m| m.len())),
+            age(obj),
+        ],
+        "ServiceAccount" => vec![
+            Value::from(obj["secrets"].as_array().map_or(0, Vec::len)),
+            age(obj),
+        ],
+        "Endpoints" => vec![Value::from(endpoints_text(obj)), age(obj)],
+        "Node" => node_cells(obj),
+        "Event" => event_cells(obj),
+        "Deployment" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                Value::from(format!(
+                    "{}/{}",
+                    int_of(&status["readyReplicas"]),
+                    spec["replicas"].as_i64().unwrap_or(1)
+                )),
+                Value::from(int_of(&status["updatedReplicas"])),
+                Value::from(int_of(&status["availableReplicas"])),
+                age(obj),
+                c,
+                i,
+                Value::from(or_none(selector_text(&spec["selector"]))),
+            ]
+        }
+        "ReplicaSet" | "ReplicationController" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                Value::from(spec["replicas"].as_i64().unwrap_or(1)),
+                Value::from(int_of(&status["replicas"])),
+                Value::from(int_of(&status["readyReplicas"])),
+                age(obj),
+                c,
+                i,
+                Value::from(or_none(selector_text(&spec["selector"]))),
+            ]
+        }
+        "StatefulSet" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            vec![
+                Value::from(format!(
+                    "{}/{}",
+                    int_of(&status["readyReplicas"]),
+                    spec["replicas"].as_i64().unwrap_or(1)
+                )),
+                age(obj),
+                c,
+                i,
+            ]
+        }
+        "DaemonSet" => {
+            let (c, i) = containers_and_images(&spec["template"]["spec"]);
+            let node_selector: Vec<String> = spec["template"]["spec"]["nodeSelector"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| format!("{k}={}", str_of(v)))
+                .collect();
+            vec![
+                Value::from(int_of(&status["desiredNumberScheduled"])),
+                Value::from(int_of(&status["currentNumberScheduled"])),
+                Value::from(int_of(&status["numberReady"])),
+                Value::from(int_of(&status["updatedNumberScheduled"])),
+                Value::from(int_of(&status["numberAvailable"])),
+                Value::from(or_none(node_selector.join(","))),
+                age(obj),
+                c,
+                i,
+                Value::from(or_none(selector_text(&spec["selector"]))),
+            ]
+        }
+        "Job" => job_cells(obj),
+        "CronJob" => {
+            let (c, i) = containers_and_images(&spec["jobTemplate"]["spec"]["template"]["spec"]);
+            let last = if status["lastScheduleTime"].is_string() {
+                since(&status["lastScheduleTime"])
+            } else {
+                "<none>".into()
+            };
+            vec![
+                Value::from(str_of(&spec["schedule"])),
+                Value::from(or_none(str_of(&spec["timeZone"]).to_string())),
+                Value::from(spec["suspend"] == true),
+                Value::from(status["active"].as_array().map_or(0, Vec::len)),
+                Value::from(last),
+                age(obj),
+                c,
+                i,
+                Value::from(or_none(selector_text(
+                    &spec["jobTemplate"]["spec"]["selector"],
+                ))),
+            ]
+        }
+        "Lease" => vec![
+            Value::from(or_none(str_of(&spec["holderIdentity"]).to_string())),
+            age(obj),
+        ],
+        "EndpointSlice" => {
+            let ports: Vec<String> = obj["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| int_of(&p["port"]).to_string())
+                .collect();
+            let addrs: Vec<String> = obj["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| list_strs(&e["addresses"], ""))
+                .collect();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                addrs.join(",")
+            };
+            vec![
+                Value::from(str_of(&obj["addressType"])),
+                Value::from(if ports.is_empty() {
+                    "<unset>".into()
+                } else {
+                    ports.join(",")
+                }),
+                Value::from(if shown.is_empty() {
+                    "<unset>".into()
+                } else {
+                    shown
+                }),
+                age(obj),
+            ]
+        }
+        "PersistentVolumeClaim" => vec![
+            Value::from(str_of(&status["phase"])),
+            Value::from(str_of(&spec["volumeName"])),
+            Value::from(str_of(&status["capacity"]["storage"])),
+            Value::from(access_modes(&status["accessModes"])),
+            Value::from(str_of(&spec["storageClassName"])),
+            Value::from(or_unset(str_of(&spec["volumeAttributesClassName"]))),
+            age(obj),
+            Value::from(str_of(&spec["volumeMode"])),
+        ],
+        "PersistentVolume" => {
+            let claim = &spec["claimRef"];
+            let claim = if claim.is_object() {
+                format!("{}/{}", str_of(&claim["namespace"]), str_of(&claim["name"]))
+            } else {
+                String::new()
+            };
+            vec![
+                Value::from(str_of(&spec["capacity"]["storage"])),
+                Value::from(access_modes(&spec["accessModes"])),
+                Value::from(str_of(&spec["persistentVolumeReclaimPolicy"])),
+                Value::from(str_of(&status["phase"])),
+                Value::from(claim),
+                Value::from(str_of(&spec["storageClassName"])),
+                Value::from(or_unset(str_of(&spec["volumeAttributesClassName"]))),
+                Value::from(str_of(&status["reason"])),
+                age(obj),
+                Value::from(str_of(&spec["volumeMode"])),
+            ]
+        }
+        "Ingress" => {
+            let hosts: Vec<String> = spec["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["host"].as_str().map(str::to_string))
+                .collect();
+            let addrs: Vec<String> = status["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| {
+                    i["ip"]
+                        .as_str()
+                        .or_else(|| i["hostname"].as_str())
+                        .map(str::to_string)
+                })
+                .collect();
+            let ports = if spec["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+                "80, 443"
+            } else {
+                "80"
+            };
+            vec![
+                Value::from(or_none(str_of(&spec["ingressClassName"]).to_string())),
+                Value::from(if hosts.is_empty() {
+                    "*".to_string()
+                } else {
+                    hosts.join(",")
+                }),
+                Value::from(addrs.join(",")),
+                Value::from(ports),
+                age(obj),
+            ]
+        }
+        "PodDisruptionBudget" => vec![
+            Value::from(int_or_string(&spec["minAvailable"])),
+            Value::from(int_or_string(&spec["maxUnavailable"])),
+            Value::from(int_of(&status["disruptionsAllowed"])),
+            age(obj),
+        ],
+        "PriorityClass" => vec![
+            Value::from(int_of(&obj["value"])),
+            Value::from(obj["globalDefault"] == true),
+            age(obj),
+            Value::from(or_none(str_of(&obj["preemptionPolicy"]).to_string())),
+        ],
+        "StorageClass" => {
+            let mut name_extra = str_of(&obj["provisioner"]).to_string();
+            if name_extra.is_empty() {
+                name_extra = "<none>".into();
+            }
+            vec![
+                Value::from(name_extra),
+                Value::from(str_of(&obj["reclaimPolicy"])),
+                Value::from(str_of(&obj["volumeBindingMode"])),
+                Value::from((obj["allowVolumeExpansion"] == true).to_string()),
+                age(obj),
+            ]
+        }
+        "RoleBinding" | "ClusterRoleBinding" => {
+            let subjects = obj["subjects"].as_array().cloned().unwrap_or_default();
+            let of = |k: &str| {
+                subjects
+                    .iter()
+                    .filter(|s| s["kind"] == k)
+                    .map(|s| {
+                        if k == "ServiceAccount" {
+                            format!("{}/{}", str_of(&s["namespace"]), str_of(&s["name"]))
+                        } else {
+                            str_of(&s["name"]).to_string()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                Value::from(format!(
+                    "{}/{}",
+                    str_of(&obj["roleRef"]["kind"]),
+                    str_of(&obj["roleRef"]["name"])
+                )),
+                age(obj),
+                Value::from(of("User")),
+                Value::from(of("Group")),
+                Value::from(of("ServiceAccount")),
+            ]
+        }
+        _ => vec![obj["metadata"]["creationTimestamp"].clone()],
+    }
+}
+
+fn access_modes(v: &Value) -> String {
+    list_strs(v, "")
+        .iter()
+        .map(|m| match m.as_str() {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn or_unset(s: &str) -> String {
+    if s.is_empty() {
+        "<unset>".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// How much of each object a Table row carries (`includeObject`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Include {
+    None,
+    Metadata,
+    Object,
+}
+
+impl Include {
+    pub fn parse(v: Option<&str>) -> Self {
+        match v {
+            Some("None") => Include::None,
+            Some("Object") => Include::Object,
+            _ => Include::Metadata,
+        }
+    }
+}
+
+/// The column definitions for `kind` (upstream's default Name/Created At when it has no printer).
+pub fn column_definitions(kind: &str) -> Vec<Value> {
+    let cols = columns(kind).unwrap_or_else(|| vec![NAME, Col("Created At", "date", 0)]);
+    cols.iter()
+        .map(|Col(name, ty, priority)| {
+            let format = if *name == "Name" { "name" } else { "" };
+            json!({"name": name, "type": ty, "format": format, "description": "", "priority": priority})
+        })
+        .collect()
+}
+
+/// One row for `obj`.
+pub fn row(kind: &str, obj: &Value, include: Include) -> Value {
+    let mut cells = Vec::new();
+    if kind != "Event" {
+        cells.push(obj["metadata"]["name"].clone());
+    }
+    cells.extend(cells_checked(kind, obj));
+    let mut row = json!({"cells": cells});
+    match include {
+        Include::None => {}
+        Include::Metadata => {
+            row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]});
+        }
+        Include::Object => row["object"] = obj.clone(),
+    }
+    row
+}
+
+/// The cells, cut or padded to the column count so a row always matches its definitions.
+fn cells_checked(kind: &str, obj: &Value) -> Vec<Value> {
+    let want = columns(kind).map_or(1, |c| c.len() - usize::from(kind != "Event"));
+    let mut c = cells(kind, obj);
+    c.resize(want, Value::from(""));
+    c
+}
+
+/// A Table of `items` for `kind`, with list metadata.
+pub fn table(kind: &str, items: &[Value], list_meta: Value, include: Include) -> Value {
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": column_definitions(kind),
+        "rows": items.iter().map(|o| row(kind, o, include)).collect::<Vec<_>>(),
+    })
+}
+
+/// Whether the Accept header asks for a `meta.k8s.io/v1` Table.
+pub fn wants_table(accept: Option<&str>) -> bool {
+    accept.is_some_and(|a| {
+        a.split(',').any(|t| {
+            let t = t.replace(' ', "");
+            t.contains("as=Table")
+                && t.contains("g=meta.k8s.io")
+                && t.contains("v=v1")
+                && !t.contains("v=v1beta1")
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_times_as_upstream() {
+        assert_eq!(human_duration(Duration::from_secs(5)), "5s");
+        assert_eq!(human_duration(Duration::from_secs(302)), "5m2s");
+        assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 120)), "3h2m");
+        assert_eq!(human_duration(Duration::from_secs(50 * 3600)), "2d2h");
+        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_rfc3339("2026-11-18T11:06:40Z"), Some(1_795_000_000));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.123Z"), Some(951_782_400));
+    }
+
+    #[test]
+    fn rows_match_their_columns() {
+        let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
+            "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [
+                {"ready": true, "restartCount": 2, "state": {"running": {}}}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
+        let r = row("Pod", &pod, Include::Metadata);
+        let cells = r["cells"].as_array().unwrap();
+        assert_eq!(cells.len(), column_definitions("Pod").len());
+        assert_eq!(
+            &cells[..4],
+            &[
+                json!("p"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("3")
+            ]
+        );
+        assert_eq!(cells[5], "10.42.0.5");
+        assert_eq!(r["object"]["kind"], "PartialObjectMetadata");
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.9",
+            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "web"}}});
+        let cells = row("Service", &svc, Include::None)["cells"].clone();
+        assert_eq!(
+            cells,
+            json!([
+                "s",
+                "NodePort",
+                "10.43.0.9",
+                "<none>",
+                "80:30080/TCP",
+                "<unknown>",
+                "app=web"
+            ])
+        );
+        let cm = row(
+            "ClusterRole",
+            &json!({"metadata": {"name": "r", "creationTimestamp": "2026-01-01T00:00:00Z"}}),
+            Include::None,
+        );
+        assert_eq!(cm["cells"], json!(["r", "2026-01-01T00:00:00Z"]));
+        assert!(wants_table(Some(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+        )));
+        assert!(!wants_table(Some("application/json")));
+    }
+}
