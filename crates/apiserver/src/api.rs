@@ -21,6 +21,12 @@ pub struct Api {
     pub ready: k3rs_common::Readiness,
 }
 
+fn is_crd(info: &ResourceInfo) -> bool {
+    info.custom.is_none()
+        && info.group == "apiextensions.k8s.io"
+        && info.plural == "customresourcedefinitions"
+}
+
 fn is_service(info: &ResourceInfo) -> bool {
     info.group.is_empty() && info.plural == "services"
 }
@@ -72,8 +78,29 @@ impl Api {
         Ok(())
     }
 
+    /// Runs after an object was stored (created or updated).
+    pub fn after_write(&self, info: &ResourceInfo, obj: &Value) {
+        if is_crd(info) {
+            // Serve it at once (the CRD watch also does, for every apiserver).
+            crate::crd::register(self, obj);
+        }
+    }
+
     /// Runs after an object was deleted from storage.
     pub async fn after_delete(&self, info: &ResourceInfo, obj: &Value) {
+        if is_crd(info) {
+            // The CRD is gone: so are its objects (upstream's customresourcecleanup finalizer).
+            let name = obj["metadata"]["name"].as_str().unwrap_or("");
+            let group = obj["spec"]["group"].as_str().unwrap_or("");
+            let plural = obj["spec"]["names"]["plural"].as_str().unwrap_or("");
+            self.registry.remove_custom(name);
+            if !group.is_empty() && !plural.is_empty() {
+                let prefix = format!("/registry/{group}/{plural}/");
+                if let Err(err) = self.storage.delete_prefix(&prefix).await {
+                    tracing::warn!(%err, crd = name, "deleting the custom resources of a deleted CRD");
+                }
+            }
+        }
         if is_service(info) {
             Allocators::release(&self.storage, &Allocators::keys_of(obj)).await;
         }

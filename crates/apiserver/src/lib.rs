@@ -8,6 +8,8 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod crd;
+pub mod crd_schema;
 pub mod discovery;
 pub mod handlers;
 pub mod meta;
@@ -128,6 +130,20 @@ pub async fn run_with_readiness(
         advertise: format!("{advertise_str}:{port}"),
         ready: ready.clone(),
     });
+    // Custom resources are served once their CRDs are loaded; a watch keeps following them.
+    loop {
+        match crd::load(&api).await {
+            Ok(_) => break,
+            Err(err) => {
+                tracing::warn!(%err, "loading CustomResourceDefinitions, retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+    tokio::spawn(crd::sync(api.clone(), shutdown.clone()));
     let serving = tokio::spawn(server::serve(
         listener,
         acceptor,

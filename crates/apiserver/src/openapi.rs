@@ -259,13 +259,19 @@ fn operations(
         }
         ops.insert(method.to_string(), o);
     };
+    // Strategic merge needs Go struct metadata: custom resources do not offer it (kubectl then merges).
+    let patch_types: Vec<&str> = PATCH_TYPES
+        .iter()
+        .copied()
+        .filter(|t| info.custom.is_none() || !t.contains("strategic"))
+        .collect();
     let write_params = json!([dry_run, manager, validation]);
     if item {
         op("get", "get", format!("read{ns}{suffix}"), json!({}));
         let (put_body, patch_body) = match flavor {
             Flavor::V3 => (
                 json!({"requestBody": body(schema_def), "parameters": write_params}),
-                json!({"requestBody": {"content": PATCH_TYPES.iter().map(|t| (t.to_string(), json!({"schema": flavor.reference(&format!("{META}Patch"))}))).collect::<Map<_, _>>(), "required": true}, "parameters": write_params}),
+                json!({"requestBody": {"content": patch_types.iter().map(|t| (t.to_string(), json!({"schema": flavor.reference(&format!("{META}Patch"))}))).collect::<Map<_, _>>(), "required": true}, "parameters": write_params}),
             ),
             Flavor::V2 => {
                 let mut put_params = write_params.as_array().cloned().unwrap_or_default();
@@ -274,7 +280,7 @@ fn operations(
                 patch_params.push(body(&format!("{META}Patch")));
                 (
                     json!({"parameters": put_params, "consumes": ["application/json"]}),
-                    json!({"parameters": patch_params, "consumes": PATCH_TYPES}),
+                    json!({"parameters": patch_params, "consumes": patch_types}),
                 )
             }
         };
@@ -309,6 +315,49 @@ fn capitalize(s: &str) -> String {
     c.next()
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default()
+}
+
+/// The definition name of a resource's kind: upstream's for built-ins, the reversed group for custom
+/// resources (`widgets.example.com` v1 → `com.example.v1.Widget`).
+fn kind_definition(r: &ResourceInfo, kind: &str) -> String {
+    if r.custom.is_some() {
+        let reversed: Vec<&str> = r.group.split('.').rev().collect();
+        format!("{}.{}.{kind}", reversed.join("."), r.version)
+    } else {
+        definition(&r.group, &r.version, kind)
+    }
+}
+
+/// Adds a custom resource's schema (from its CRD) and its list's.
+fn add_custom(b: &mut Builder<'_>, r: &ResourceInfo, def: &str, list_def: &str) {
+    let Some(custom) = &r.custom else { return };
+    let mut schema = custom.schema.clone();
+    if !schema.is_object() {
+        schema = json!({"type": "object"});
+    }
+    let meta = format!("{META}ObjectMeta");
+    b.add(&meta);
+    schema["properties"]["apiVersion"] = json!({"type": "string"});
+    schema["properties"]["kind"] = json!({"type": "string"});
+    schema["properties"]["metadata"] = b.flavor.reference(&meta);
+    schema["x-kubernetes-group-version-kind"] = json!([gvk(&r.group, &r.version, &r.kind)]);
+    b.schemas.insert(def.to_string(), schema);
+    let list_meta = format!("{META}ListMeta");
+    b.add(&list_meta);
+    b.schemas.insert(
+        list_def.to_string(),
+        json!({
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string"},
+                "metadata": b.flavor.reference(&list_meta),
+                "items": {"type": "array", "items": b.flavor.reference(def)},
+            },
+            "x-kubernetes-group-version-kind": [gvk(&r.group, &r.version, &r.list_kind())],
+        }),
+    );
 }
 
 /// The paths and schemas of one group-version.
@@ -349,10 +398,14 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
     for gv in gvs {
         let base = gv_base(gv);
         for r in &gv.resources {
-            let def = definition(&r.group, &r.version, &r.kind);
-            let list_def = definition(&r.group, &r.version, &r.list_kind());
-            b.add(&def);
-            b.add(&list_def);
+            let def = kind_definition(r, &r.kind);
+            let list_def = kind_definition(r, &r.list_kind());
+            if r.custom.is_some() {
+                add_custom(&mut b, r, &def, &list_def);
+            } else {
+                b.add(&def);
+                b.add(&list_def);
+            }
             let kind = gvk(&r.group, &r.version, &r.kind);
             let (coll, params) = if r.namespaced {
                 (

@@ -42,19 +42,15 @@ pub fn read_response(target: &Target, value: Value) -> Response<Body> {
     let Some(include) = target.table else {
         return json_response(200, &value);
     };
-    let kind = &target.info.kind;
+    let info = &target.info;
     let table = match value.get("items").and_then(Value::as_array) {
-        Some(items) if value["kind"] != kind.as_str() => {
-            crate::printers::table(kind, items, value["metadata"].clone(), include)
+        Some(items) if value["kind"] != info.kind.as_str() => {
+            crate::printers::table_for(info, items, value["metadata"].clone(), include)
         }
         _ => {
             let rv = value["metadata"]["resourceVersion"].clone();
-            crate::printers::table(
-                kind,
-                std::slice::from_ref(&value),
-                serde_json::json!({"resourceVersion": rv}),
-                include,
-            )
+            let meta = serde_json::json!({"resourceVersion": rv});
+            crate::printers::table_for(info, std::slice::from_ref(&value), meta, include)
         }
     };
     json_response(200, &table)

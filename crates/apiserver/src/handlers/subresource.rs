@@ -61,7 +61,7 @@ pub fn selector_string(sel: &Value) -> String {
 
 impl View {
     /// What a client reads through this view.
-    pub fn present(self, _info: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
+    pub fn present(self, info: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
         match self {
             View::Main | View::Status => Ok(obj.clone()),
             View::Scale => {
@@ -77,6 +77,25 @@ impl View {
                     if let Some(v) = meta.get(f) {
                         scale_meta[f] = v.clone();
                     }
+                }
+                if let Some(paths) = info.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+                    use crate::crd_schema::at_path;
+                    let selector = paths
+                        .label_selector
+                        .as_deref()
+                        .and_then(|p| at_path(obj, p))
+                        .cloned()
+                        .unwrap_or(json!(""));
+                    return Ok(json!({
+                        "kind": "Scale",
+                        "apiVersion": "autoscaling/v1",
+                        "metadata": scale_meta,
+                        "spec": {"replicas": at_path(obj, &paths.spec_replicas).cloned().unwrap_or(json!(0))},
+                        "status": {
+                            "replicas": at_path(obj, &paths.status_replicas).cloned().unwrap_or(json!(0)),
+                            "selector": selector,
+                        },
+                    }));
                 }
                 Ok(json!({
                     "kind": "Scale",
@@ -117,8 +136,12 @@ impl View {
                     ));
                 }
                 let mut new = old.clone();
-                new["spec"]["replicas"] = replicas;
-                let _ = info;
+                match info.custom.as_ref().and_then(|c| c.scale.as_ref()) {
+                    Some(paths) => {
+                        crate::crd_schema::set_path(&mut new, &paths.spec_replicas, replicas)
+                    }
+                    None => new["spec"]["replicas"] = replicas,
+                }
                 Ok(new)
             }
         }

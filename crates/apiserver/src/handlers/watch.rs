@@ -24,7 +24,10 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
 struct Sink {
     tx: mpsc::Sender<Result<Frame<Bytes>, Infallible>>,
     /// Objects go out as one-row Tables (`kubectl get -w`).
-    table: Option<(String, crate::printers::Include)>,
+    table: Option<(
+        std::sync::Arc<crate::resources::ResourceInfo>,
+        crate::printers::Include,
+    )>,
 }
 
 impl Sink {
@@ -32,10 +35,11 @@ impl Sink {
     async fn send(&self, kind: &str, object: &Value) -> bool {
         let tabled;
         let object = match &self.table {
-            Some((k, include)) if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") => {
+            Some((info, include)) if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") => {
                 let rv = object["metadata"]["resourceVersion"].clone();
                 let meta = json!({"resourceVersion": rv});
-                tabled = crate::printers::table(k, std::slice::from_ref(object), meta, *include);
+                tabled =
+                    crate::printers::table_for(info, std::slice::from_ref(object), meta, *include);
                 &tabled
             }
             _ => object,
@@ -129,7 +133,7 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
     let target_kind = target.info.kind.clone();
     let sink = Sink {
         tx,
-        table: target.table.map(|include| (target_kind.clone(), include)),
+        table: target.table.map(|include| (target.info.clone(), include)),
     };
     let api_version = target.info.api_version();
     let bookmark_obj = {

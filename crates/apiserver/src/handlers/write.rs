@@ -55,6 +55,24 @@ pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>,
         )));
     }
     let info = &target.info;
+    if let Some(custom) = &info.custom {
+        // Custom resources: the CRD's schema decides what is unknown; unknown fields are pruned.
+        let mut pruned = obj.clone();
+        let unknown: Vec<String> = crate::crd_schema::prune(&custom.schema, &mut pruned, true)
+            .iter()
+            .map(|p| format!("unknown field {p:?}"))
+            .collect();
+        if mode == "Strict" && !unknown.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+                unknown.join(", "),
+                kind = info.kind,
+                version = info.version,
+            )));
+        }
+        *obj = pruned;
+        return Ok(if mode == "Warn" { unknown } else { Vec::new() });
+    }
     let def = crate::schema::definition(&info.group, &info.version, &info.kind);
     let catalog = crate::schema::catalog();
     if mode == "Ignore" {
@@ -206,6 +224,7 @@ pub async fn create(
         match api.storage.create(&key, to_stored(&obj)).await? {
             Guarded::Done(rev) => {
                 super::set_resource_version(&mut obj, rev);
+                api.after_write(info, &obj);
                 return Ok(with_warnings(json_response(201, &obj), &warnings));
             }
             Guarded::Changed(_) => {
@@ -299,6 +318,7 @@ async fn commit(
     {
         Guarded::Done(rev) => {
             super::set_resource_version(&mut new, rev);
+            api.after_write(info, &new);
             Ok(Some(new))
         }
         Guarded::Changed(_) => Ok(None),

@@ -82,6 +82,7 @@ pub fn all() -> Vec<ResourceInfo> {
                     storage_prefix: format!("/registry/{prefix}"),
                     subresources: subs.to_vec(),
                     name_rule: rule,
+                    custom: None,
                 }
             },
         )

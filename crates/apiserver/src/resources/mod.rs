@@ -54,6 +54,8 @@ pub struct ResourceInfo {
     pub storage_prefix: String,
     pub subresources: Vec<Subresource>,
     pub name_rule: NameRule,
+    /// Set for custom resources (served from a CustomResourceDefinition).
+    pub custom: Option<Arc<crate::crd::Custom>>,
 }
 
 /// The verbs every resource in the table serves.
@@ -165,6 +167,15 @@ impl Registry {
             .retain(|r| (&r.group, &r.version, &r.plural) != (&key.0, &key.1, &key.2));
         inner.order.push(info.clone());
         inner.by_path.insert(key, info);
+    }
+
+    /// Stops serving every version of the CRD `crd_name`.
+    pub fn remove_custom(&self, crd_name: &str) {
+        let mut inner = self.inner.write();
+        let owned =
+            |r: &Arc<ResourceInfo>| r.custom.as_ref().is_some_and(|c| c.crd_name == crd_name);
+        inner.order.retain(|r| !owned(r));
+        inner.by_path.retain(|_, r| !owned(r));
     }
 
     /// The resource served at `/apis/<group>/<version>/<plural>`.

@@ -174,6 +174,19 @@ impl Storage {
         self.guarded(txn).await
     }
 
+    /// Deletes every key under `prefix` (a CRD's objects when the CRD goes).
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<i64, StorageError> {
+        let resp = self
+            .kv
+            .clone()
+            .delete(
+                prefix,
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(resp.deleted())
+    }
+
     async fn guarded(&self, txn: Txn) -> Result<Guarded, StorageError> {
         let resp = self.kv.clone().txn(txn).await?;
         if resp.succeeded() {

@@ -11,22 +11,23 @@ use crate::status::Cause;
 
 pub use defaults::apply_defaults;
 
-/// Kinds whose `metadata.generation` counts spec changes.
+/// Kinds whose `metadata.generation` counts spec changes (every custom resource does).
 fn tracks_generation(info: &ResourceInfo) -> bool {
-    matches!(
-        info.kind.as_str(),
-        "Deployment"
-            | "ReplicaSet"
-            | "StatefulSet"
-            | "DaemonSet"
-            | "Job"
-            | "CronJob"
-            | "ReplicationController"
-            | "PodDisruptionBudget"
-            | "Ingress"
-            | "NetworkPolicy"
-            | "CustomResourceDefinition"
-    )
+    info.custom.is_some()
+        || matches!(
+            info.kind.as_str(),
+            "Deployment"
+                | "ReplicaSet"
+                | "StatefulSet"
+                | "DaemonSet"
+                | "Job"
+                | "CronJob"
+                | "ReplicationController"
+                | "PodDisruptionBudget"
+                | "Ingress"
+                | "NetworkPolicy"
+                | "CustomResourceDefinition"
+        )
 }
 
 /// The parts of an object outside `metadata` and `status` (what a spec change is measured on).
@@ -46,6 +47,17 @@ fn spec_part(obj: &Value) -> Value {
 
 /// Prepares a new object for storage: clears or initialises status, sets generation, applies defaults.
 pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
+    if let Some(custom) = &info.custom {
+        // A custom resource's status is written only through /status.
+        if info.has(Subresource::Status)
+            && let Some(map) = obj.as_object_mut()
+        {
+            map.remove("status");
+        }
+        crate::meta::metadata_mut(obj).insert("generation".into(), 1.into());
+        crate::crd_schema::default(&custom.schema, obj);
+        return;
+    }
     if info.has(Subresource::Status) {
         let initial = match info.kind.as_str() {
             "Namespace" => serde_json::json!({"phase": "Active"}),
@@ -67,6 +79,9 @@ pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
         crate::meta::metadata_mut(obj).remove("generation");
     }
     apply_defaults(&info.kind, obj);
+    if info.kind == "CustomResourceDefinition" {
+        obj["status"] = crate::crd::status(obj, None, &crate::meta::now_rfc3339());
+    }
 }
 
 /// Prepares an update of the main resource: keeps `status` (when it is a subresource) and bumps `generation`
@@ -82,7 +97,13 @@ pub fn prepare_update(info: &ResourceInfo, old: &Value, new: &mut Value) {
             }
         }
     }
-    apply_defaults(&info.kind, new);
+    match &info.custom {
+        Some(custom) => crate::crd_schema::default(&custom.schema, new),
+        None => apply_defaults(&info.kind, new),
+    }
+    if info.kind == "CustomResourceDefinition" && info.custom.is_none() {
+        new["status"] = crate::crd::status(new, Some(old), &crate::meta::now_rfc3339());
+    }
     let old_generation = old
         .get("metadata")
         .and_then(|m| m.get("generation"))
@@ -142,15 +163,25 @@ pub fn prepare_status_update(old: &Value, new: &mut Value) {
 /// Kind-specific validation of an object about to be created.
 pub fn validate_create(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
     let mut causes = crate::meta::validate_metadata(obj, info.name_rule, info.namespaced);
-    causes.extend(validate::kind(&info.kind, obj));
+    causes.extend(validate_kind(info, obj));
     causes
+}
+
+fn validate_kind(info: &ResourceInfo, obj: &Value) -> Vec<Cause> {
+    match &info.custom {
+        Some(custom) => crate::crd_schema::validate(&custom.schema, obj),
+        None if info.kind == "CustomResourceDefinition" => crate::crd::validate(obj),
+        None => validate::kind(&info.kind, obj),
+    }
 }
 
 /// Kind-specific validation of an update (including immutable fields).
 pub fn validate_update(info: &ResourceInfo, old: &Value, new: &Value) -> Vec<Cause> {
     let mut causes = crate::meta::validate_metadata(new, info.name_rule, info.namespaced);
-    causes.extend(validate::kind(&info.kind, new));
-    causes.extend(validate::immutable(&info.kind, old, new));
+    causes.extend(validate_kind(info, new));
+    if info.custom.is_none() {
+        causes.extend(validate::immutable(&info.kind, old, new));
+    }
     causes
 }
 

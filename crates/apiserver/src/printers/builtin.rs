@@ -1,18 +1,18 @@
-//! Server-side printing: the `meta.k8s.io/v1` Table kubectl asks for, with upstream's columns per built-in
-//! kind (`pkg/printers/internalversion`), `-o wide` columns at priority 1, and rows carrying the object's
-//! metadata (or the whole object with `includeObject=Object`).
+//! The built-in kinds' columns and cells, as upstream's printers (`pkg/printers/internalversion`) print them.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use super::{human_duration, now, parse_rfc3339, since};
 
 /// One column: name, type, priority (1 = only with `-o wide`).
-struct Col(&'static str, &'static str, u8);
+pub(super) struct Col(pub &'static str, pub &'static str, pub u8);
 
-const NAME: Col = Col("Name", "string", 0);
+pub(super) const NAME: Col = Col("Name", "string", 0);
 const AGE: Col = Col("Age", "string", 0);
 
-fn columns(kind: &str) -> Option<Vec<Col>> {
+pub(super) fn columns(kind: &str) -> Option<Vec<Col>> {
     let s = "string";
     let i = "integer";
     Some(match kind {
@@ -194,92 +194,6 @@ fn columns(kind: &str) -> Option<Vec<Col>> {
         ],
         _ => return None,
     })
-}
-
-/// Seconds since the epoch of an RFC 3339 UTC timestamp (`2026-11-27T12:00:00Z`, fractions ignored).
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
-
-/// Upstream's `duration.HumanDuration` (`5m2s`, `3h`, `2d4h`, `3y12d`).
-pub fn human_duration(d: Duration) -> String {
-    let seconds = d.as_secs();
-    if seconds < 120 {
-        return format!("{seconds}s");
-    }
-    let minutes = seconds / 60;
-    if minutes < 10 {
-        let s = seconds % 60;
-        return if s == 0 {
-            format!("{minutes}m")
-        } else {
-            format!("{minutes}m{s}s")
-        };
-    }
-    if minutes < 180 {
-        return format!("{minutes}m");
-    }
-    let hours = minutes / 60;
-    if hours < 8 {
-        let m = minutes % 60;
-        return if m == 0 {
-            format!("{hours}h")
-        } else {
-            format!("{hours}h{m}m")
-        };
-    }
-    if hours < 48 {
-        return format!("{hours}h");
-    }
-    if hours < 24 * 8 {
-        let h = hours % 24;
-        return if h == 0 {
-            format!("{}d", hours / 24)
-        } else {
-            format!("{}d{h}h", hours / 24)
-        };
-    }
-    if hours < 24 * 365 * 2 {
-        return format!("{}d", hours / 24);
-    }
-    if hours < 24 * 365 * 8 {
-        let dy = (hours / 24) % 365;
-        return if dy == 0 {
-            format!("{}y", hours / 24 / 365)
-        } else {
-            format!("{}y{dy}d", hours / 24 / 365)
-        };
-    }
-    format!("{}y", hours / 24 / 365)
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// "5m" since a timestamp, `<unknown>` when absent (upstream's `translateTimestampSince`).
-fn since(ts: &Value) -> String {
-    match ts.as_str().and_then(parse_rfc3339) {
-        Some(t) => human_duration(Duration::from_secs((now() - t).max(0) as u64)),
-        None => "<unknown>".into(),
-    }
 }
 
 fn age(obj: &Value) -> Value {
@@ -603,7 +517,7 @@ fn int_or_string(v: &Value) -> String {
 }
 
 /// The cells of one row after the Name column (upstream's printer for `kind`).
-fn cells(kind: &str, obj: &Value) -> Vec<Value> {
+pub(super) fn cells(kind: &str, obj: &Value) -> Vec<Value> {
     let spec = &obj["spec"];
     let status = &obj["status"];
     match kind {
@@ -891,147 +805,5 @@ fn or_unset(s: &str) -> String {
         "<unset>".into()
     } else {
         s.to_string()
-    }
-}
-
-/// How much of each object a Table row carries (`includeObject`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Include {
-    None,
-    Metadata,
-    Object,
-}
-
-impl Include {
-    pub fn parse(v: Option<&str>) -> Self {
-        match v {
-            Some("None") => Include::None,
-            Some("Object") => Include::Object,
-            _ => Include::Metadata,
-        }
-    }
-}
-
-/// The column definitions for `kind` (upstream's default Name/Created At when it has no printer).
-pub fn column_definitions(kind: &str) -> Vec<Value> {
-    let cols = columns(kind).unwrap_or_else(|| vec![NAME, Col("Created At", "date", 0)]);
-    cols.iter()
-        .map(|Col(name, ty, priority)| {
-            let format = if *name == "Name" { "name" } else { "" };
-            json!({"name": name, "type": ty, "format": format, "description": "", "priority": priority})
-        })
-        .collect()
-}
-
-/// One row for `obj`.
-pub fn row(kind: &str, obj: &Value, include: Include) -> Value {
-    let mut cells = Vec::new();
-    if kind != "Event" {
-        cells.push(obj["metadata"]["name"].clone());
-    }
-    cells.extend(cells_checked(kind, obj));
-    let mut row = json!({"cells": cells});
-    match include {
-        Include::None => {}
-        Include::Metadata => {
-            row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]});
-        }
-        Include::Object => row["object"] = obj.clone(),
-    }
-    row
-}
-
-/// The cells, cut or padded to the column count so a row always matches its definitions.
-fn cells_checked(kind: &str, obj: &Value) -> Vec<Value> {
-    let want = columns(kind).map_or(1, |c| c.len() - usize::from(kind != "Event"));
-    let mut c = cells(kind, obj);
-    c.resize(want, Value::from(""));
-    c
-}
-
-/// A Table of `items` for `kind`, with list metadata.
-pub fn table(kind: &str, items: &[Value], list_meta: Value, include: Include) -> Value {
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": list_meta,
-        "columnDefinitions": column_definitions(kind),
-        "rows": items.iter().map(|o| row(kind, o, include)).collect::<Vec<_>>(),
-    })
-}
-
-/// Whether the Accept header asks for a `meta.k8s.io/v1` Table.
-pub fn wants_table(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| {
-        a.split(',').any(|t| {
-            let t = t.replace(' ', "");
-            t.contains("as=Table")
-                && t.contains("g=meta.k8s.io")
-                && t.contains("v=v1")
-                && !t.contains("v=v1beta1")
-        })
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_and_times_as_upstream() {
-        assert_eq!(human_duration(Duration::from_secs(5)), "5s");
-        assert_eq!(human_duration(Duration::from_secs(302)), "5m2s");
-        assert_eq!(human_duration(Duration::from_secs(3 * 3600 + 120)), "3h2m");
-        assert_eq!(human_duration(Duration::from_secs(50 * 3600)), "2d2h");
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2026-11-18T11:06:40Z"), Some(1_795_000_000));
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.123Z"), Some(951_782_400));
-    }
-
-    #[test]
-    fn rows_match_their_columns() {
-        let pod = json!({"metadata": {"name": "p", "creationTimestamp": "2026-01-01T00:00:00Z"},
-            "spec": {"containers": [{"name": "a"}, {"name": "b"}], "nodeName": "n1"},
-            "status": {"phase": "Running", "podIP": "10.42.0.5", "containerStatuses": [
-                {"ready": true, "restartCount": 2, "state": {"running": {}}}, {"ready": false, "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}});
-        let r = row("Pod", &pod, Include::Metadata);
-        let cells = r["cells"].as_array().unwrap();
-        assert_eq!(cells.len(), column_definitions("Pod").len());
-        assert_eq!(
-            &cells[..4],
-            &[
-                json!("p"),
-                json!("1/2"),
-                json!("CrashLoopBackOff"),
-                json!("3")
-            ]
-        );
-        assert_eq!(cells[5], "10.42.0.5");
-        assert_eq!(r["object"]["kind"], "PartialObjectMetadata");
-        let svc = json!({"metadata": {"name": "s"}, "spec": {"type": "NodePort", "clusterIP": "10.43.0.9",
-            "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"}], "selector": {"app": "web"}}});
-        let cells = row("Service", &svc, Include::None)["cells"].clone();
-        assert_eq!(
-            cells,
-            json!([
-                "s",
-                "NodePort",
-                "10.43.0.9",
-                "<none>",
-                "80:30080/TCP",
-                "<unknown>",
-                "app=web"
-            ])
-        );
-        let cm = row(
-            "ClusterRole",
-            &json!({"metadata": {"name": "r", "creationTimestamp": "2026-01-01T00:00:00Z"}}),
-            Include::None,
-        );
-        assert_eq!(cm["cells"], json!(["r", "2026-01-01T00:00:00Z"]));
-        assert!(wants_table(Some(
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
-        )));
-        assert!(!wants_table(Some("application/json")));
     }
 }
