@@ -203,3 +203,24 @@ impl Cluster {
         Ok(out.stderr)
     }
 }
+
+/// The Python interpreter with the `kubernetes` client (`cargo xtask deps` makes it under
+/// `target/k3rs-python`; `K3RS_TEST_PYTHON` overrides).
+pub fn python_client() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("K3RS_TEST_PYTHON") {
+        return Ok(PathBuf::from(p));
+    }
+    // target/<profile>/<bin> → target/k3rs-python/bin/python
+    let venv = target_bin("x")
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|t| t.join("k3rs-python/bin/python"))
+        .context("locating the target directory")?;
+    if !venv.exists() {
+        bail!(
+            "the Python kubernetes client is not installed: run `cargo xtask deps` (it makes {})",
+            venv.display()
+        );
+    }
+    Ok(venv)
+}

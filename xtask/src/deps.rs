@@ -56,9 +56,42 @@ pub const CLUSTER: &[&str] = &[
     "kubernetes-client",
 ];
 
-/// Installs every package tests and benchmarks need.
+/// Installs every package tests and benchmarks need, and the Python client the apiserver tests drive.
 pub fn install() -> Result<()> {
-    install_only(&PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>())
+    install_only(&PACKAGES.iter().map(|(p, _)| *p).collect::<Vec<_>>())?;
+    python_client().map(drop)
+}
+
+/// The Python `kubernetes` client's version (from PyPI) the tests drive.
+const PYTHON_CLIENT: &str = "32.0.1";
+
+/// A virtualenv under `target/` with the Python `kubernetes` client; returns its interpreter.
+pub fn python_client() -> Result<std::path::PathBuf> {
+    let venv = util::root().join("target/k3rs-python");
+    let python = venv.join("bin/python");
+    let has = Command::new(&python)
+        .args([
+            "-c",
+            &format!(
+                "import kubernetes, sys; sys.exit(kubernetes.__version__ != {PYTHON_CLIENT:?})"
+            ),
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has {
+        return Ok(python);
+    }
+    eprintln!(
+        "deps: installing the Python kubernetes client {PYTHON_CLIENT} into {}",
+        venv.display()
+    );
+    util::run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    util::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .arg(format!("kubernetes=={PYTHON_CLIENT}")),
+    )?;
+    Ok(python)
 }
 
 /// Installs those of `wanted` (names from `PACKAGES`) that are missing.

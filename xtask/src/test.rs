@@ -48,6 +48,7 @@ pub fn run(filters: &[String]) -> Result<()> {
         for (k, v) in fixtures.env() {
             cmd.env(k, v);
         }
+        cmd.env("K3RS_TEST_PYTHON", crate::deps::python_client()?);
         util::run(&mut cmd)
     });
     drop(fixtures);

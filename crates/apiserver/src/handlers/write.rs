@@ -15,16 +15,26 @@ use crate::strategy;
 /// How many times a write that lost a race without a client precondition is retried.
 const RETRIES: usize = 16;
 
-fn check_type(target: &Target, obj: &Value) -> Result<(), ApiError> {
+/// Checks the body's `apiVersion` and `kind` against the endpoint, filling them in when absent (as upstream's
+/// decoder defaults them from the request's resource).
+fn check_type(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
     let info = &target.info;
-    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
-    let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-    if kind.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "Object 'Kind' is missing in '{}'",
-            serde_json::to_string(obj).unwrap_or_default()
-        )));
+    if obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        obj["kind"] = Value::from(info.kind.as_str());
     }
+    if obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        obj["apiVersion"] = Value::from(info.api_version());
+    }
+    let kind = obj["kind"].as_str().unwrap_or("");
+    let api_version = obj["apiVersion"].as_str().unwrap_or("");
     if api_version != info.api_version() {
         return Err(ApiError::bad_request(format!(
             "the API version in the data ({api_version}) does not match the expected API version ({})",
@@ -175,7 +185,7 @@ pub async fn create(
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
     let mut obj = decode_object(content_type, body)?;
-    check_type(target, &obj)?;
+    check_type(target, &mut obj)?;
     let warnings = field_validation(target, &mut obj)?;
     check_namespace(target, &mut obj)?;
     if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
@@ -337,7 +347,7 @@ pub async fn update(
     let mut obj = decode_object(content_type, body)?;
     let mut warnings = Vec::new();
     if view != View::Scale {
-        check_type(target, &obj)?;
+        check_type(target, &mut obj)?;
         warnings = field_validation(target, &mut obj)?;
         check_namespace(target, &mut obj)?;
     }
@@ -419,7 +429,7 @@ pub async fn patch(
         let mut patched = crate::patch::apply(kind, &shown, body, Some(&def))?;
         let mut warnings = Vec::new();
         if view != View::Scale {
-            check_type(target, &patched)?;
+            check_type(target, &mut patched)?;
             warnings = field_validation(target, &mut patched)?;
         }
         // A resourceVersion in the patch is a precondition.

@@ -1,6 +1,7 @@
 //! End-to-end tests of k3rs-apiserver as a separate process, over kine on SQLite and over Debian's etcd,
 //! driven with the real kubectl.
 
+mod clients;
 mod crd;
 mod errors;
 mod kubectl;
