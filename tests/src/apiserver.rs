@@ -116,13 +116,24 @@ impl Cluster {
 
     /// Restarts the apiserver on the same port and data (storage keeps running).
     pub async fn restart_apiserver(&mut self) -> Result<()> {
+        self.stop_apiserver();
+        self.start_apiserver().await
+    }
+
+    /// Stops the apiserver (SIGTERM).
+    pub fn stop_apiserver(&mut self) {
         if let Some(mut p) = self.api.take() {
             p.terminate(Duration::from_secs(20));
         }
-        std::fs::rename(
-            self.dir.path().join("apiserver.log"),
-            self.dir.path().join("apiserver.log.1"),
-        )?;
+    }
+
+    /// Starts a stopped apiserver again on the same port and data.
+    pub async fn start_apiserver(&mut self) -> Result<()> {
+        let log = self.dir.path().join("apiserver.log");
+        if log.exists() {
+            let n = std::fs::read_dir(self.dir.path())?.count();
+            std::fs::rename(&log, self.dir.path().join(format!("apiserver.log.{n}")))?;
+        }
         self.launch().await
     }
 

@@ -179,6 +179,7 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
                         }
                     }
                     Ok(Some(WatchMessage::Compacted(compacted))) => {
+                        tracing::info!(kind = %target_kind, from = start, compacted, "watch from a compacted revision: 410 Expired, the client relists");
                         let err = ApiError::expired(format!(
                             "too old resource version: {start} ({compacted})"
                         ));

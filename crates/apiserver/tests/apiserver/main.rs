@@ -4,6 +4,7 @@
 mod clients;
 mod crd;
 mod errors;
+mod kube_rs;
 mod kubectl;
 mod semantics;
 
