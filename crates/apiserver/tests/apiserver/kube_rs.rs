@@ -120,8 +120,7 @@ async fn watcher_survives(mut c: Cluster) -> Result<()> {
     }
     etcd.compact(head, None).await?;
     c.start_apiserver().await?;
-    api.delete(&"bulk-0100".to_string(), &DeleteParams::default())
-        .await?;
+    api.delete("bulk-0100", &DeleteParams::default()).await?;
     api.create(&PostParams::default(), &configmap(5000)).await?;
     ensure!(converged(&store, &api, Duration::from_secs(60)).await? == 1950);
     ensure!(
