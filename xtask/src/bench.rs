@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use crate::fixtures::Fixtures;
 use crate::util::{self, Daemon};
 
-const ROUNDS: usize = 3;
+pub(crate) const ROUNDS: usize = 3;
 const WORKLOADS: &[&str] = &["create", "update", "get", "list", "watch"];
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -39,8 +39,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     match args.first().map(String::as_str) {
         Some("kine") => kine(rounds, only),
-        Some(other) => bail!("unknown benchmark {other:?} (known: kine)"),
-        None => bail!("usage: cargo xtask bench <name> (known: kine)"),
+        Some("apiserver") => crate::bench_apiserver::run(rounds, only),
+        Some(other) => bail!("unknown benchmark {other:?} (known: kine, apiserver)"),
+        None => bail!("usage: cargo xtask bench <name> (known: kine, apiserver)"),
     }
 }
 
@@ -129,7 +130,7 @@ fn kine(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     Ok(())
 }
 
-fn rss_bytes(pid: u32) -> Option<f64> {
+pub(crate) fn rss_bytes(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb: f64 = status
         .lines()
@@ -279,14 +280,14 @@ fn loadgen(endpoint: &str, workload: &str, extra: &[&str]) -> Result<String> {
     )
 }
 
-fn json_number(line: &str, key: &str) -> Option<f64> {
+pub(crate) fn json_number(line: &str, key: &str) -> Option<f64> {
     let pat = format!("\"{key}\":");
     let rest = &line[line.find(&pat)? + pat.len()..];
     let end = rest.find([',', '}']).unwrap_or(rest.len());
     rest[..end].trim().parse().ok()
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {

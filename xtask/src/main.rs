@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask deps|test|bench|cluster-up|cluster-down|codegen` (see README.md).
 
 mod bench;
+mod bench_apiserver;
 mod cluster;
 mod codegen;
 mod deps;
@@ -18,7 +19,7 @@ commands:
   test [FILTER...]        what CI runs: deps, database fixtures, fmt, clippy, every test
                           (FILTERs narrow the test run, e.g. `cargo xtask test kine`)
   bench <name>            run a benchmark beside its peer; writes docs/benchmarks/<name>.md
-                          (names: kine)
+                          (names: kine, apiserver)
   cluster-up [--datastore sqlite|postgres|mysql]
                           start what exists of a cluster (today: kine and the apiserver), print the kubeconfig
   cluster-down            stop what cluster-up started

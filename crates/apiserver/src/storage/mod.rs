@@ -130,9 +130,12 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
 
 impl Storage {
     pub fn new(client: &Client) -> Self {
+        // A full list of many objects is one large range response: lift gRPC's 4 MiB default, as upstream's
+        // etcd3 client does (MaxCallRecvMsgSize = MaxInt32).
+        const MAX_MESSAGE: usize = i32::MAX as usize;
         Self {
-            kv: client.kv_client(),
-            watch: client.watch_client(),
+            kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
+            watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
         }
     }
 

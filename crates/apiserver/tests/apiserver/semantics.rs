@@ -192,3 +192,24 @@ async fn lists_and_status(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(lists_and_status_split, super::lists_and_status);
+
+/// A list larger than gRPC's default 4 MiB message comes back whole.
+async fn large_list(c: Cluster) -> Result<()> {
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let big = "x".repeat(900 * 1024);
+    for i in 0..6 {
+        create(
+            &c,
+            cms,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("big-{i}"), "labels": {"size": "big"}}, "data": {"v": big}}),
+        )?;
+    }
+    let list = raw(&c, &format!("{cms}?labelSelector=size%3Dbig"))?;
+    ensure!(
+        list["items"].as_array().map(Vec::len) == Some(6),
+        "listed {:?} items",
+        list["items"].as_array().map(Vec::len)
+    );
+    Ok(())
+}
+per_backend!(lists_larger_than_a_grpc_message, super::large_list);
