@@ -18,6 +18,8 @@ pub struct ListOptions {
     pub continue_token: Option<String>,
     pub resource_version: Option<String>,
     pub resource_version_match: Option<String>,
+    /// Collect items as stored JSON (`Listed::raw`) instead of parsed objects; only without selectors.
+    pub raw: bool,
 }
 
 fn invalid_param(field: &str, value: &str, why: &str) -> ApiError {
@@ -113,12 +115,65 @@ impl ListOptions {
             continue_token,
             resource_version,
             resource_version_match,
+            raw: false,
         })
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(obj) && self.fields.matches(obj)
     }
+}
+
+/// The stored JSON with `"resourceVersion":"<rev>"` put first in its top-level `metadata` object, without
+/// parsing the document (a byte scan that skips strings and tracks depth). `None` if there is no
+/// top-level `metadata` object.
+pub fn splice_resource_version(json: &[u8], rev: i64) -> Option<Vec<u8>> {
+    const KEY: &[u8] = b"\"metadata\"";
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < json.len() {
+        match json[i] {
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < json.len() && json[i] != b'"' {
+                    i += if json[i] == b'\\' { 2 } else { 1 };
+                }
+                let end = i + 1;
+                if depth == 1 && json.get(start..end) == Some(KEY) {
+                    let mut j = end;
+                    while json.get(j).is_some_and(u8::is_ascii_whitespace) {
+                        j += 1;
+                    }
+                    if json.get(j) != Some(&b':') {
+                        return None;
+                    }
+                    j += 1;
+                    while json.get(j).is_some_and(u8::is_ascii_whitespace) {
+                        j += 1;
+                    }
+                    if json.get(j) != Some(&b'{') {
+                        return None;
+                    }
+                    let mut k = j + 1;
+                    while json.get(k).is_some_and(u8::is_ascii_whitespace) {
+                        k += 1;
+                    }
+                    let comma = if json.get(k) == Some(&b'}') { "" } else { "," };
+                    let insert = format!("\"resourceVersion\":\"{rev}\"{comma}");
+                    let mut out = Vec::with_capacity(json.len() + insert.len());
+                    out.extend_from_slice(&json[..=j]);
+                    out.extend_from_slice(insert.as_bytes());
+                    out.extend_from_slice(&json[j + 1..]);
+                    return Some(out);
+                }
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Upstream's continue token: base64 of `{"v":"meta.k8s.io/v1","rv":…,"start":"<key after prefix>"}`.
@@ -152,6 +207,8 @@ fn decode_continue(token: &str) -> Result<(i64, String), ApiError> {
 /// A list result: the items (as served) and the list metadata.
 pub struct Listed {
     pub items: Vec<Value>,
+    /// With `ListOptions::raw`: the stored JSON of each item, `resourceVersion` spliced in, unparsed.
+    pub raw: Vec<Vec<u8>>,
     pub revision: i64,
     pub continue_token: Option<String>,
     pub remaining: Option<i64>,
@@ -176,11 +233,13 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
     let end = prefix_end(prefix);
     let filtering = !opts.labels.is_empty() || !opts.fields.is_empty();
     let mut items = Vec::new();
+    let mut raw = Vec::new();
+    let mut items_len = 0usize;
     let mut first_count = None;
     loop {
         // Fetch at least a page's worth; with selectors keep going until the page is full.
         let want = if opts.limit > 0 {
-            (opts.limit - items.len() as i64).max(if filtering { opts.limit.max(100) } else { 1 })
+            (opts.limit - items_len as i64).max(if filtering { opts.limit.max(100) } else { 1 })
         } else {
             0
         };
@@ -205,28 +264,42 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
         let mut last_key = None;
         for stored in &page.items {
             last_key = Some(stored.key.clone());
+            if opts.raw {
+                // No selectors to evaluate: pass the stored JSON through (items counts the same).
+                match splice_resource_version(&stored.value, stored.mod_revision) {
+                    Some(bytes) => raw.push(bytes),
+                    None => raw.push(serde_json::to_vec(&to_output(stored)?).unwrap_or_default()),
+                }
+                items_len += 1;
+                if opts.limit > 0 && items_len as i64 == opts.limit {
+                    break;
+                }
+                continue;
+            }
             let obj = to_output(stored)?;
             if opts.matches(&obj) {
                 items.push(obj);
-                if opts.limit > 0 && items.len() as i64 == opts.limit {
+                items_len += 1;
+                if opts.limit > 0 && items_len as i64 == opts.limit {
                     break;
                 }
             }
         }
         let last_examined_is_end = last_key.as_deref() == page.items.last().map(|s| s.key.as_str());
         let more_in_range = page.more || !last_examined_is_end;
-        if opts.limit > 0 && items.len() as i64 >= opts.limit && more_in_range {
+        if opts.limit > 0 && items_len as i64 >= opts.limit && more_in_range {
             let last = last_key.unwrap_or_default();
             let next = format!("{}\u{0}", last.strip_prefix(prefix).unwrap_or(&last));
             let remaining = if filtering {
                 None
             } else {
                 // Keys after this page at the same revision.
-                let examined = items.len() as i64;
+                let examined = items_len as i64;
                 first_count.map(|c| (c - examined).max(0))
             };
             return Ok(Listed {
                 items,
+                raw,
                 revision,
                 continue_token: Some(encode_continue(revision, &next)),
                 remaining,
@@ -235,6 +308,7 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
         if !page.more {
             return Ok(Listed {
                 items,
+                raw,
                 revision,
                 continue_token: None,
                 remaining: None,
@@ -246,7 +320,12 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
 }
 
 pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError> {
-    let opts = ListOptions::parse(target, false)?;
+    let mut opts = ListOptions::parse(target, false)?;
+    // Plain JSON lists without selectors pass the stored JSON through: no parse and re-serialize per item.
+    opts.raw = target.table.is_none()
+        && opts.labels.is_empty()
+        && opts.fields.is_empty()
+        && target.info.custom.is_none();
     let info = &target.info;
     let scoped = target.namespace().is_some() || !info.namespaced;
     let listed = match opts.fields.exact_name() {
@@ -270,6 +349,7 @@ pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError
             }
             Listed {
                 items,
+                raw: Vec::new(),
                 revision,
                 continue_token: None,
                 remaining: None,
@@ -277,7 +357,38 @@ pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError
         }
         _ => read_list(api, &info.list_prefix(target.namespace()), &opts).await?,
     };
+    if opts.raw {
+        return Ok(raw_list_response(info, listed));
+    }
     Ok(read_response(target, list_body(info, listed)))
+}
+
+/// A list response assembled from stored JSON items.
+fn raw_list_response(info: &crate::resources::ResourceInfo, mut listed: Listed) -> Response<Body> {
+    let items = std::mem::take(&mut listed.raw);
+    let mut shell = list_body(info, listed);
+    if let Some(map) = shell.as_object_mut() {
+        map.remove("items");
+    }
+    // {"apiVersion":…,"kind":…,"metadata":{…},"items":[…]}
+    let head = serde_json::to_vec(&shell).unwrap_or_default();
+    let mut body =
+        Vec::with_capacity(head.len() + 16 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+    body.extend_from_slice(&head[..head.len().saturating_sub(1)]);
+    body.extend_from_slice(br#","items":["#);
+    for (n, item) in items.iter().enumerate() {
+        if n > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item);
+    }
+    body.extend_from_slice(b"]}");
+    let mut resp = Response::new(super::full(body));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 fn list_body(info: &crate::resources::ResourceInfo, listed: Listed) -> Value {
@@ -299,6 +410,20 @@ fn list_body(info: &crate::resources::ResourceInfo, listed: Listed) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_version_is_spliced_into_top_level_metadata() {
+        let stored = br#"{"apiVersion":"v1","data":{"metadata":"{\"x\"}"},"kind":"ConfigMap","metadata":{"name":"c"}}"#;
+        let out = splice_resource_version(stored, 42).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["metadata"], json!({"name": "c", "resourceVersion": "42"}));
+        assert_eq!(v["data"]["metadata"], "{\"x\"}");
+        let empty = splice_resource_version(br#"{"a":{"metadata":{}},"metadata":{}}"#, 7).unwrap();
+        let v: Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["metadata"], json!({"resourceVersion": "7"}));
+        assert!(v["a"]["metadata"].as_object().unwrap().is_empty());
+        assert!(splice_resource_version(br#"{"a":1}"#, 1).is_none());
+    }
 
     #[test]
     fn continue_tokens_round_trip() {
