@@ -365,8 +365,9 @@ fn render(results: &Results, elapsed: Duration, rounds: usize) -> String {
         ));
     }
     out.push_str(
-        "\nThe apiserver has no watch cache yet: every watcher holds its own etcd watch and every LIST reads \
-         the datastore, so LIST latency and watch fan-out ride on the store.\n",
+        "\nWatches share one etcd watch per resource type (the watch cache); LISTs read the datastore at one \
+         revision (lists are not served from the cache). Latencies include the client's own decoding, on \
+         the same two cores.\n",
     );
     out
 }

@@ -16,6 +16,8 @@ pub struct Api {
     pub registry: Registry,
     pub allocators: Allocators,
     pub metrics: Metrics,
+    /// One shared etcd watch per resource type.
+    pub watch_cache: crate::watchcache::WatchCache,
     /// `host:port` clients should use (discovery's `serverAddressByClientCIDRs`).
     pub advertise: String,
     pub ready: k3rs_common::Readiness,

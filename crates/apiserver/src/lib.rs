@@ -27,6 +27,7 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod strategy;
+pub mod watchcache;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,6 +128,7 @@ pub async fn run_with_readiness(
         registry: resources::Registry::with_builtins(),
         allocators: allocators::Allocators { ips, ports },
         metrics: metrics::Metrics::new(),
+        watch_cache: watchcache::WatchCache::default(),
         advertise: format!("{advertise_str}:{port}"),
         ready: ready.clone(),
     });

@@ -2,6 +2,7 @@
 //! `resourceVersion` semantics, selector transitions, bookmarks, `timeoutSeconds` and 410 on compaction.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,10 +14,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::list::{ListOptions, read_list};
-use super::{Body, Target, set_resource_version, to_output};
+use super::{Body, Target, to_output};
 use crate::api::Api;
 use crate::status::ApiError;
-use crate::storage::{Stored, WatchEvent, WatchMessage};
+use crate::storage::WatchMessage;
+use crate::watchcache::{Decoded, Next, Subscription};
 
 /// Upstream's default watch length when the client gives no `timeoutSeconds` (`--min-request-timeout`).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -44,14 +46,30 @@ impl Sink {
             }
             _ => object,
         };
-        let mut line =
-            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
-        line.push(b'\n');
-        self.tx
-            .send(Ok(Frame::data(Bytes::from(line))))
-            .await
-            .is_ok()
+        self.send_line(event_line(kind, object)).await
     }
+
+    /// Sends a storage event as this watcher sees it; `shared` is the event when its type is the storage
+    /// event's own, so the serialized line is made once for every watcher.
+    async fn send_event(&self, kind: &str, object: &Value, shared: Option<&Arc<Decoded>>) -> bool {
+        match shared {
+            Some(ev) if self.table.is_none() => {
+                let line = ev.line.get_or_init(|| event_line(kind, object)).clone();
+                self.send_line(line).await
+            }
+            _ => self.send(kind, object).await,
+        }
+    }
+
+    async fn send_line(&self, line: Bytes) -> bool {
+        self.tx.send(Ok(Frame::data(line))).await.is_ok()
+    }
+}
+
+fn event_line(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 fn bookmark(kind: &str, api_version: &str, rev: i64, initial_end: bool) -> Value {
@@ -123,11 +141,27 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
     } else {
         rv
     };
-    let mut stream = api
-        .storage
-        .watch(&prefix, exact, start + 1)
-        .await
-        .map_err(ApiError::from)?;
+    // Collection watches share the resource's watch cache; named watches and watchers starting further
+    // back than the cache holds get a watch of their own.
+    let mut source = if exact {
+        None
+    } else {
+        api.watch_cache
+            .subscribe(&api.storage, &target.info.list_prefix(None), start)
+            .await
+            .map(|sub| Source::Cache(sub, prefix.clone()))
+    };
+    if source.is_none() {
+        let watch = api
+            .storage
+            .watch(&prefix, exact, start + 1)
+            .await
+            .map_err(ApiError::from)?;
+        source = Some(Source::Etcd(watch));
+    }
+    let Some(mut source) = source else {
+        return Err(ApiError::internal("no watch source"));
+    };
 
     let (tx, rx) = mpsc::channel(64);
     let target_kind = target.info.kind.clone();
@@ -161,24 +195,24 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
                 let msg = tokio::select! {
                     _ = &mut deadline => break 'serve,
                     _ = sink.tx.closed() => break 'serve,
-                    m = stream.next() => m,
+                    m = source.next() => m,
                 };
                 match msg {
-                    Ok(Some(WatchMessage::Events(events))) => {
+                    Next::Events(events) => {
                         for ev in events {
-                            if let Some((kind, obj)) = translate(&opts, ev)
-                                && !sink.send(kind, &obj).await
+                            if let Some((kind, obj, natural)) = translate(&opts, &ev)
+                                && !sink.send_event(kind, &obj, natural.then_some(&ev)).await
                             {
                                 break 'serve;
                             }
                         }
                     }
-                    Ok(Some(WatchMessage::Progress(rev))) => {
+                    Next::Progress(rev) => {
                         if bookmarks && !sink.send("BOOKMARK", &bookmark_obj(rev, false)).await {
                             break 'serve;
                         }
                     }
-                    Ok(Some(WatchMessage::Compacted(compacted))) => {
+                    Next::Compacted(compacted) => {
                         tracing::info!(kind = %target_kind, from = start, compacted, "watch from a compacted revision: 410 Expired, the client relists");
                         let err = ApiError::expired(format!(
                             "too old resource version: {start} ({compacted})"
@@ -186,8 +220,8 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
                         sink.send("ERROR", &err.to_status()).await;
                         break 'serve;
                     }
-                    Ok(None) => break 'serve,
-                    Err(err) => {
+                    Next::End => break 'serve,
+                    Next::Error(err) => {
                         tracing::debug!(%err, "watch ended");
                         let err = ApiError::internal(err);
                         sink.send("ERROR", &err.to_status()).await;
@@ -207,34 +241,66 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
     Ok(resp)
 }
 
-fn decode(stored: &Stored) -> Option<Value> {
-    to_output(stored).ok()
+/// Where a watch's events come from.
+enum Source {
+    /// The resource's watch cache, narrowed to a key prefix (a namespace, or everything).
+    Cache(Subscription, String),
+    /// A watch of its own on etcd.
+    Etcd(crate::storage::Watch),
 }
 
-/// Maps a storage event to a watch event for this watcher's selectors.
-fn translate(opts: &ListOptions, ev: WatchEvent) -> Option<(&'static str, Value)> {
-    match ev {
-        WatchEvent::Put { current, previous } => {
-            let cur = decode(&current)?;
-            let prev = previous.as_ref().and_then(decode);
-            let now = opts.matches(&cur);
-            let before = prev.as_ref().is_some_and(|p| opts.matches(p));
-            match (before, now) {
-                (false, true) => Some(("ADDED", cur)),
-                (true, true) => Some(("MODIFIED", cur)),
-                (true, false) => Some(("DELETED", cur)),
-                (false, false) => None,
-            }
+impl Source {
+    async fn next(&mut self) -> Next {
+        match self {
+            Source::Cache(sub, prefix) => loop {
+                match sub.next().await {
+                    Next::Events(events) => {
+                        let mine: Vec<_> = events
+                            .into_iter()
+                            .filter(|e| e.key.starts_with(prefix.as_str()))
+                            .collect();
+                        if !mine.is_empty() {
+                            return Next::Events(mine);
+                        }
+                    }
+                    other => return other,
+                }
+            },
+            Source::Etcd(watch) => match watch.next().await {
+                Ok(Some(WatchMessage::Events(events))) => Next::Events(
+                    events
+                        .into_iter()
+                        .filter_map(Decoded::from_event)
+                        .map(Arc::new)
+                        .collect(),
+                ),
+                Ok(Some(WatchMessage::Progress(rev))) => Next::Progress(rev),
+                Ok(Some(WatchMessage::Compacted(rev))) => Next::Compacted(rev),
+                Ok(None) => Next::End,
+                Err(err) => Next::Error(err.to_string()),
+            },
         }
-        WatchEvent::Delete {
-            previous, revision, ..
-        } => {
-            let mut prev = decode(previous.as_ref()?)?;
-            if !opts.matches(&prev) {
-                return None;
-            }
-            set_resource_version(&mut prev, revision);
-            Some(("DELETED", prev))
-        }
+    }
+}
+
+/// Maps a storage event to a watch event for this watcher's selectors; `true` when the event type is the
+/// storage event's own (so the shared serialized line can be used).
+fn translate(opts: &ListOptions, ev: &Decoded) -> Option<(&'static str, Arc<Value>, bool)> {
+    let obj = ev.object.clone()?;
+    if ev.deleted {
+        return opts.matches(&obj).then_some(("DELETED", obj, true));
+    }
+    let now = opts.matches(&obj);
+    let before = ev.previous.as_ref().is_some_and(|p| opts.matches(p));
+    let natural = if ev.previous.is_some() {
+        "MODIFIED"
+    } else {
+        "ADDED"
+    };
+    match (before, now) {
+        (false, true) => Some(("ADDED", obj, natural == "ADDED")),
+        (true, true) => Some(("MODIFIED", obj, true)),
+        (true, false) => Some(("DELETED", obj, false)),
+        (false, false) => None,
     }
 }

@@ -344,6 +344,11 @@ async fn watch(c: Cluster) -> Result<()> {
     tokio::time::sleep(Duration::from_millis(700)).await;
     let doc = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"w"},"data":{"v":"1"}}"#;
     c.kubectl_in(&["create", "-f", "-"], doc)?;
+    // Another namespace's change is not this watch's (watches share one watch per resource type).
+    c.kubectl_in(
+        &["create", "-f", "-"],
+        &doc.replace(r#""namespace":"w""#, r#""namespace":"default""#),
+    )?;
     c.kubectl(&[
         "-n",
         "w",
