@@ -339,7 +339,16 @@ pub fn run() -> Result<()> {
     let raw_messages = proto_messages(&pb.join("src"))?;
     // prost re-cases acronyms in type names (`GcePersistentDiskVolumeSource`): use upstream's names, as
     // k8s-openapi spells them, for definitions and references alike.
-    let canon: HashMap<String, String> = names.keys().map(|d| (norm(d), d.clone())).collect();
+    let mut canon: HashMap<String, String> = names.keys().map(|d| (norm(d), d.clone())).collect();
+    // Types k8s-openapi models as enums (no serde struct), under upstream's names.
+    for name in [
+        "JSONSchemaPropsOrArray",
+        "JSONSchemaPropsOrBool",
+        "JSONSchemaPropsOrStringArray",
+    ] {
+        let def = format!("io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.{name}");
+        canon.insert(norm(&def), def);
+    }
     let canonical = |d: &str| {
         canon
             .get(&norm(d))
@@ -389,8 +398,14 @@ pub fn run() -> Result<()> {
         sorted.sort_by_key(|f| f.tag);
         for f in sorted {
             let inline = "-".to_string();
+            // k8s-openapi calls JSONSchemaProps' `$ref` field `ref_path`.
+            let rust = if f.rust == "ref" {
+                "ref_path".to_string()
+            } else {
+                f.rust.clone()
+            };
             let name = json
-                .get(&norm(&f.rust))
+                .get(&norm(&rust))
                 .cloned()
                 .or_else(|| json.is_empty().then(|| f.rust.clone()));
             let name = name.or_else(|| {

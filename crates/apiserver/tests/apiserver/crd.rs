@@ -38,6 +38,8 @@ spec:
               size: {type: integer, minimum: 1}
               color: {type: string, enum: [red, blue], default: red}
               replicas: {type: integer}
+              tags: {type: array, items: {type: string}}
+              limits: {type: object, additionalProperties: {type: string}}
           status:
             type: object
             properties:
@@ -52,6 +54,8 @@ metadata:
 spec:
   size: 3
   replicas: 1
+  tags: [a, b]
+  limits: {cpu: "1"}
 "#;
 
 async fn custom_resources(mut c: Cluster) -> Result<()> {
@@ -87,6 +91,10 @@ async fn custom_resources(mut c: Cluster) -> Result<()> {
     let w = json(&c, &["get", "wd", "w1"])?;
     ensure!(
         w["spec"]["size"] == 5 && w["spec"]["replicas"] == 4 && w["metadata"]["generation"] == 3,
+        "{w}"
+    );
+    ensure!(
+        w["spec"]["tags"] == serde_json::json!(["a", "b"]) && w["spec"]["limits"]["cpu"] == "1",
         "{w}"
     );
     // Unknown fields are refused under kubectl's strict validation; schema violations are 422.
