@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::api::Api;
 use crate::handlers::{Body, error_response, is_read, json_response, text_response};
 use crate::request::Query;
-use crate::resources::{GroupVersion, ResourceInfo, SUBRESOURCE_VERBS, Subresource, VERBS};
+use crate::resources::{GroupVersion, ResourceInfo, Subresource, VERBS};
 use crate::status::ApiError;
 
 /// The Kubernetes version this apiserver serves.
@@ -185,6 +185,8 @@ fn subresource_kind(info: &ResourceInfo, sub: Subresource) -> (String, String, S
     match sub {
         Subresource::Status => (info.group.clone(), info.version.clone(), info.kind.clone()),
         Subresource::Scale => ("autoscaling".into(), "v1".into(), "Scale".into()),
+        Subresource::Binding => ("".into(), "v1".into(), "Binding".into()),
+        Subresource::Eviction => ("policy".into(), "v1".into(), "Eviction".into()),
     }
 }
 
@@ -212,9 +214,9 @@ fn resource_list(gv: &GroupVersion) -> Value {
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": kind,
-                "verbs": SUBRESOURCE_VERBS,
+                "verbs": sub.verbs(),
             });
-            if *sub == Subresource::Scale {
+            if matches!(sub, Subresource::Scale | Subresource::Eviction) {
                 entry["group"] = json!(group);
                 entry["version"] = json!(version);
             }
@@ -244,7 +246,7 @@ fn aggregated(groups: &[GroupVersion], core: bool) -> Value {
                         json!({
                             "subresource": s.name(),
                             "responseKind": {"group": group, "version": version, "kind": kind},
-                            "verbs": SUBRESOURCE_VERBS,
+                            "verbs": s.verbs(),
                         })
                     })
                     .collect();

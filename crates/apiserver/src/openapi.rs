@@ -427,7 +427,11 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
             let mut i = operations(r, flavor, &def, &kind, true, None);
             i["parameters"] = json!(item_params);
             paths.insert(format!("{coll}/{{name}}"), i);
-            for sub in &r.subresources {
+            for sub in r
+                .subresources
+                .iter()
+                .filter(|s| matches!(s, Subresource::Status | Subresource::Scale))
+            {
                 let (sub_def, sub_kind) = match sub {
                     Subresource::Status => (def.clone(), kind.clone()),
                     Subresource::Scale => {
@@ -437,6 +441,7 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
                             gvk("autoscaling", "v1", "Scale"),
                         )
                     }
+                    Subresource::Binding | Subresource::Eviction => continue,
                 };
                 let mut s = operations(r, flavor, &sub_def, &sub_kind, true, Some(sub.name()));
                 s["parameters"] = json!(item_params);

@@ -3,6 +3,7 @@
 
 mod delete;
 mod list;
+mod pods;
 mod read;
 mod subresource;
 mod watch;
@@ -99,6 +100,15 @@ impl From<StorageError> for ApiError {
             StorageError::Etcd(e) => ApiError::internal(e),
         }
     }
+}
+
+/// Answers an error for a request whose body was not read, reading (and dropping) the body first: closing a
+/// connection while the client is still sending makes it report a broken pipe instead of the answer.
+pub async fn refuse(req: Request<Incoming>, err: &ApiError) -> Response<Body> {
+    let _ = Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await;
+    error_response(err)
 }
 
 /// Reads the whole request body (at most [`MAX_BODY_BYTES`]).
@@ -235,19 +245,19 @@ pub async fn handle(
         || path.starts_with("/livez/")
         || path.starts_with("/readyz/");
     if user.is_none() && !public {
-        return error_response(&ApiError::unauthorized());
+        return refuse(req, &ApiError::unauthorized()).await;
     }
     if let Some(resp) = crate::discovery::serve(&api, &req, &path, &query) {
         return resp;
     }
     let Some(info) = request::parse(req.method(), &path, &query) else {
-        return error_response(&ApiError::route_not_found());
+        return refuse(req, &ApiError::route_not_found()).await;
     };
     let Some(res) = api.registry.get(&info.group, &info.version, &info.resource) else {
-        return error_response(&ApiError::route_not_found());
+        return refuse(req, &ApiError::route_not_found()).await;
     };
     if info.namespace.is_some() && !res.namespaced {
-        return error_response(&ApiError::route_not_found());
+        return refuse(req, &ApiError::route_not_found()).await;
     }
     let verb = info.verb;
     let accept = req
@@ -314,11 +324,14 @@ async fn dispatch(
             let body = read_body(req.into_body()).await?;
             delete::delete_collection(api, &target, &ct, &body).await
         }
-        _ => Err(ApiError::method_not_allowed(
-            method.as_str(),
-            &target.info.plural,
-            &target.info.group,
-        )),
+        _ => {
+            let err = ApiError::method_not_allowed(
+                method.as_str(),
+                &target.info.plural,
+                &target.info.group,
+            );
+            Ok(refuse(req, &err).await)
+        }
     }
 }
 

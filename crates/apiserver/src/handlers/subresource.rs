@@ -157,7 +157,25 @@ pub async fn serve(
     let view = match sub {
         "status" if target.info.has(Subresource::Status) => View::Status,
         "scale" if target.info.has(Subresource::Scale) => View::Scale,
-        _ => return Err(ApiError::route_not_found()),
+        "binding" | "eviction" if target.info.has(Subresource::Binding) => {
+            if target.req.verb != "create" {
+                let err = ApiError::method_not_allowed(
+                    target.req.verb,
+                    &format!("{}/{sub}", target.info.plural),
+                    &target.info.group,
+                );
+                return Ok(super::refuse(req, &err).await);
+            }
+            let ct = content_type(req.headers());
+            let body = read_body(req.into_body()).await?;
+            let body = super::decode_object(&ct, &body)?;
+            return if sub == "binding" {
+                super::pods::bind(api, &target, body).await
+            } else {
+                super::pods::evict(api, &target, body).await
+            };
+        }
+        _ => return Ok(super::refuse(req, &ApiError::route_not_found()).await),
     };
     match target.req.verb {
         "get" => {
@@ -181,11 +199,14 @@ pub async fn serve(
             let body = read_body(req.into_body()).await?;
             super::write::patch(api, &target, &ct, &body, Some(view)).await
         }
-        verb => Err(ApiError::method_not_allowed(
-            verb,
-            &format!("{}/{sub}", target.info.plural),
-            &target.info.group,
-        )),
+        verb => {
+            let err = ApiError::method_not_allowed(
+                verb,
+                &format!("{}/{sub}", target.info.plural),
+                &target.info.group,
+            );
+            Ok(super::refuse(req, &err).await)
+        }
     }
 }
 

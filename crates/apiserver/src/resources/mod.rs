@@ -28,6 +28,10 @@ pub enum Subresource {
     Status,
     /// `/scale`: an `autoscaling/v1` Scale view of `spec.replicas`.
     Scale,
+    /// `pods/binding`: assigns a pod to a node (the scheduler's write).
+    Binding,
+    /// `pods/eviction`: deletes a pod unless a PodDisruptionBudget forbids it.
+    Eviction,
 }
 
 impl Subresource {
@@ -35,6 +39,16 @@ impl Subresource {
         match self {
             Subresource::Status => "status",
             Subresource::Scale => "scale",
+            Subresource::Binding => "binding",
+            Subresource::Eviction => "eviction",
+        }
+    }
+
+    /// The verbs it serves.
+    pub fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Subresource::Status | Subresource::Scale => SUBRESOURCE_VERBS,
+            Subresource::Binding | Subresource::Eviction => &["create"],
         }
     }
 }

@@ -213,3 +213,98 @@ async fn large_list(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(lists_larger_than_a_grpc_message, super::large_list);
+
+/// `pods/binding` assigns a pod once; `pods/eviction` deletes unless a disruption budget forbids it.
+async fn binding_and_eviction(c: Cluster) -> Result<()> {
+    let pods = "/api/v1/namespaces/default/pods";
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"app": name}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}})
+    };
+    create(&c, pods, &pod("p1"))?;
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p1"}, "target": {"kind": "Node", "name": "node-1"}});
+    let status = create(&c, &format!("{pods}/p1/binding"), &binding)?;
+    ensure!(status["status"] == "Success", "{status}");
+    let p1 = raw(&c, &format!("{pods}/p1"))?;
+    ensure!(p1["spec"]["nodeName"] == "node-1", "{}", p1["spec"]);
+    ensure!(p1["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "PodScheduled" && c["status"] == "True")
+    }));
+    let file = c.data_dir().join("binding.json");
+    std::fs::write(&file, binding.to_string())?;
+    let again = c.kubectl_err(
+        &[
+            "create",
+            "--raw",
+            &format!("{pods}/p1/binding"),
+            "-f",
+            &file.display().to_string(),
+        ],
+        None,
+    )?;
+    ensure!(
+        again.contains(r#"pod p1 is already assigned to node \"node-1\""#)
+            || again.contains("already assigned to node"),
+        "{again}"
+    );
+
+    // A running pod covered by a budget the disruption controller has not processed: 429.
+    let mut running = p1.clone();
+    running["status"]["phase"] = json!("Running");
+    let status_file = c.data_dir().join("status.json");
+    std::fs::write(&status_file, running.to_string())?;
+    c.kubectl(&[
+        "replace",
+        "--raw",
+        &format!("{pods}/p1/status"),
+        "-f",
+        &status_file.display().to_string(),
+    ])?;
+    create(
+        &c,
+        "/apis/policy/v1/namespaces/default/poddisruptionbudgets",
+        &json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "keep"}, "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "p1"}}}}),
+    )?;
+    let eviction =
+        json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "p1"}});
+    let evict_file = c.data_dir().join("eviction.json");
+    std::fs::write(&evict_file, eviction.to_string())?;
+    let refused = c.kubectl_err(
+        &[
+            "create",
+            "--raw",
+            &format!("{pods}/p1/eviction"),
+            "-f",
+            &evict_file.display().to_string(),
+        ],
+        None,
+    )?;
+    ensure!(
+        refused.contains("Cannot evict pod as it would violate the pod's disruption budget"),
+        "{refused}"
+    );
+    ensure!(
+        raw(&c, &format!("{pods}/p1"))?["metadata"]
+            .get("deletionTimestamp")
+            .is_none()
+    );
+    // A pod no budget covers is evicted (a pending one goes at once).
+    create(&c, pods, &pod("p2"))?;
+    std::fs::write(&evict_file, eviction.to_string().replace("p1", "p2"))?;
+    let ok = c.kubectl(&[
+        "create",
+        "--raw",
+        &format!("{pods}/p2/eviction"),
+        "-f",
+        &evict_file.display().to_string(),
+    ])?;
+    ensure!(ok.contains("Success"), "{ok}");
+    ensure!(
+        c.kubectl_err(&["get", "pod", "p2"], None)?
+            .contains("not found")
+    );
+    Ok(())
+}
+per_backend!(pod_binding_and_eviction, super::binding_and_eviction);
