@@ -139,11 +139,21 @@ pub fn content_type(req_headers: &hyper::HeaderMap) -> String {
         .unwrap_or_else(|| "application/json".into())
 }
 
-/// Decodes an object body: JSON, or Kubernetes protobuf for built-in kinds (YAML media types are refused with
-/// 415 until supported).
+/// Decodes an object body: JSON, YAML, or Kubernetes protobuf for built-in kinds.
 pub fn decode_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
     match content_type {
         "application/json" | "" | "*/*" => {}
+        "application/yaml" => {
+            let value: Value = serde_yaml_ng::from_slice(body)
+                .map_err(|err| ApiError::bad_request(format!("error decoding YAML body: {err}")))?;
+            if !value.is_object() {
+                return Err(ApiError::bad_request(format!(
+                    "error decoding YAML body: expected an object, got {}",
+                    kind_of(&value)
+                )));
+            }
+            return Ok(value);
+        }
         crate::protobuf::MEDIA_TYPE => return crate::protobuf::decode(body),
         other => return Err(ApiError::unsupported_media_type(other)),
     }
@@ -338,4 +348,30 @@ async fn dispatch(
 /// `Method` helper for discovery's read-only routes.
 pub fn is_read(method: &Method) -> bool {
     *method == Method::GET || *method == Method::HEAD
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_decode_from_json_and_yaml() {
+        let yaml = b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: c\ndata:\n  k: \"1\"\n";
+        let v = decode_object("application/yaml", yaml).unwrap();
+        assert_eq!(v["data"]["k"], "1");
+        assert_eq!(v, decode_object("application/json", br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c"},"data":{"k":"1"}}"#).unwrap());
+        assert_eq!(
+            decode_object("application/yaml", b"a: [").unwrap_err().code,
+            400
+        );
+        assert_eq!(
+            decode_object("application/yaml", b"- 1").unwrap_err().code,
+            400
+        );
+        assert_eq!(
+            decode_object("application/json", b"{").unwrap_err().code,
+            400
+        );
+        assert_eq!(decode_object("text/plain", b"{}").unwrap_err().code, 415);
+    }
 }
