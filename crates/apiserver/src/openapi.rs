@@ -144,6 +144,12 @@ impl Builder<'_> {
         let mut required = Vec::new();
         self.properties(def, &mut properties, &mut required);
         let mut schema = json!({"type": "object", "properties": properties});
+        if let Some(d) = crate::schema::docs()
+            .get(def)
+            .and_then(|d| d.description.as_ref())
+        {
+            schema["description"] = json!(d);
+        }
         if properties_have_metadata(&schema) || def.starts_with(META) {
             schema["properties"]["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
             schema["properties"]["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
@@ -169,7 +175,18 @@ impl Builder<'_> {
         for f in &ty.fields {
             match &f.json {
                 Some(name) => {
-                    let schema = self.field_schema(f);
+                    let mut schema = self.field_schema(f);
+                    let doc = crate::schema::docs()
+                        .get(def)
+                        .and_then(|d| d.fields.get(name));
+                    if let Some(doc) = doc {
+                        // A $ref's siblings are ignored in OpenAPI 3.0: wrap it, as upstream does.
+                        if schema.get("$ref").is_some() {
+                            schema = json!({"allOf": [schema], "description": doc});
+                        } else {
+                            schema["description"] = json!(doc);
+                        }
+                    }
                     props.insert(name.clone(), schema);
                     if f.required {
                         required.push(name.clone());
@@ -571,8 +588,18 @@ mod tests {
             "Deployment"
         );
         assert_eq!(
-            d["properties"]["spec"]["$ref"],
+            d["properties"]["spec"]["allOf"][0]["$ref"],
             "#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"
+        );
+        assert!(
+            d["properties"]["spec"]["description"]
+                .as_str()
+                .is_some_and(|s| s.contains("desired behavior"))
+        );
+        assert!(
+            d["description"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Deployment enables"))
         );
         let containers = &schemas["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
         assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");

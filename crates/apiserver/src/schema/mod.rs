@@ -6,6 +6,38 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 const TABLE: &str = include_str!("k8s.schema");
+const DOCS: &str = include_str!("k8s.docs");
+
+/// A type's description and its fields' (by JSON name).
+#[derive(Debug, Default)]
+pub struct TypeDocs {
+    pub description: Option<String>,
+    pub fields: HashMap<String, String>,
+}
+
+/// Descriptions for OpenAPI documents (`kubectl explain`), parsed on first use.
+pub fn docs() -> &'static HashMap<String, TypeDocs> {
+    static DOCS_MAP: OnceLock<HashMap<String, TypeDocs>> = OnceLock::new();
+    DOCS_MAP.get_or_init(|| {
+        let mut out: HashMap<String, TypeDocs> = HashMap::new();
+        let mut current: Option<String> = None;
+        for line in DOCS.lines() {
+            if let Some(def) = line.strip_prefix("T ") {
+                current = Some(def.to_string());
+            } else if let (Some(def), Some(d)) = (&current, line.strip_prefix("D ")) {
+                out.entry(def.clone()).or_default().description = Some(d.replace("\\n", "\n"));
+            } else if let (Some(def), Some(rest)) = (&current, line.strip_prefix("F "))
+                && let Some((name, text)) = rest.split_once(' ')
+            {
+                out.entry(def.clone())
+                    .or_default()
+                    .fields
+                    .insert(name.to_string(), text.replace("\\n", "\n"));
+            }
+        }
+        out
+    })
+}
 
 /// A field's wire kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
