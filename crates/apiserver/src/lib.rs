@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod bootstrap;
 pub mod config;
+pub mod convert;
 pub mod crd;
 pub mod crd_schema;
 pub mod discovery;

@@ -270,7 +270,9 @@ pub async fn delete_collection(
         let ns = obj["metadata"]["namespace"].as_str().map(str::to_string);
         let key = target.info.key(ns.as_deref(), &name);
         match delete_one(api, target, &key, &name, &opts).await {
-            Ok((_, v)) if v["kind"] != "Status" => items.push(v),
+            Ok((_, v)) if v["kind"] != "Status" => {
+                items.push(crate::convert::to_served_form(&target.info, v))
+            }
             Ok(_) => items.push(obj),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),

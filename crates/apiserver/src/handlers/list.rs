@@ -20,6 +20,8 @@ pub struct ListOptions {
     pub resource_version_match: Option<String>,
     /// Collect items as stored JSON (`Listed::raw`) instead of parsed objects; only without selectors.
     pub raw: bool,
+    /// Converts stored objects to the served version before selectors see them (events.k8s.io/v1).
+    pub serve: Option<fn(Value) -> Value>,
 }
 
 fn invalid_param(field: &str, value: &str, why: &str) -> ApiError {
@@ -116,7 +118,23 @@ impl ListOptions {
             resource_version,
             resource_version_match,
             raw: false,
+            serve: crate::convert::converts(&target.info)
+                .then_some(crate::convert::core_event_to_events_v1 as fn(Value) -> Value),
         })
+    }
+
+    /// The selectors alone (for matching converted objects).
+    pub fn clone_selectors(&self) -> Self {
+        Self {
+            labels: self.labels.clone(),
+            fields: self.fields.clone(),
+            limit: 0,
+            continue_token: None,
+            resource_version: None,
+            resource_version_match: None,
+            raw: false,
+            serve: None,
+        }
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
@@ -276,7 +294,10 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
                 }
                 continue;
             }
-            let obj = to_output(stored)?;
+            let mut obj = to_output(stored)?;
+            if let Some(serve) = opts.serve {
+                obj = serve(obj);
+            }
             if opts.matches(&obj) {
                 items.push(obj);
                 items_len += 1;
@@ -323,6 +344,7 @@ pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError
     let mut opts = ListOptions::parse(target, false)?;
     // Plain JSON lists without selectors pass the stored JSON through: no parse and re-serialize per item.
     opts.raw = target.table.is_none()
+        && opts.serve.is_none()
         && opts.labels.is_empty()
         && opts.fields.is_empty()
         && target.info.custom.is_none();
@@ -342,7 +364,7 @@ pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError
             let revision = page.revision;
             let mut items = Vec::new();
             if let Some(stored) = page.items.first() {
-                let obj = to_output(stored)?;
+                let obj = crate::convert::to_served_form(info, to_output(stored)?);
                 if opts.matches(&obj) {
                     items.push(obj);
                 }

@@ -12,5 +12,6 @@ pub async fn get(api: &Api, target: &Target) -> Result<Response<Body>, ApiError>
         .get(&target.key())
         .await?
         .ok_or_else(|| target.not_found())?;
-    Ok(read_response(target, to_output(&stored)?))
+    let obj = crate::convert::to_served_form(&target.info, to_output(&stored)?);
+    Ok(read_response(target, obj))
 }

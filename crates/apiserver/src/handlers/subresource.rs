@@ -63,7 +63,7 @@ impl View {
     /// What a client reads through this view.
     pub fn present(self, info: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
         match self {
-            View::Main | View::Status => Ok(obj.clone()),
+            View::Main | View::Status => Ok(crate::convert::to_served_form(info, obj.clone())),
             View::Scale => {
                 let meta = &obj["metadata"];
                 let mut scale_meta = json!({});
@@ -119,7 +119,7 @@ impl View {
         body: Value,
     ) -> Result<Value, ApiError> {
         match self {
-            View::Main | View::Status => Ok(body),
+            View::Main | View::Status => Ok(crate::convert::to_storage_form(info, body)),
             View::Scale => {
                 let name = old["metadata"]["name"].as_str().unwrap_or("");
                 let replicas = body["spec"].get("replicas").cloned().unwrap_or(json!(0));

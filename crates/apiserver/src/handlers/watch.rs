@@ -286,6 +286,20 @@ impl Source {
 /// Maps a storage event to a watch event for this watcher's selectors; `true` when the event type is the
 /// storage event's own (so the shared serialized line can be used).
 fn translate(opts: &ListOptions, ev: &Decoded) -> Option<(&'static str, Arc<Value>, bool)> {
+    if let Some(serve) = opts.serve {
+        // Another version of the stored kind: convert, and never share the stored form's line.
+        let converted = Decoded {
+            key: ev.key.clone(),
+            revision: ev.revision,
+            object: ev.object.as_ref().map(|o| Arc::new(serve((**o).clone()))),
+            previous: ev.previous.as_ref().map(|o| Arc::new(serve((**o).clone()))),
+            deleted: ev.deleted,
+            line: std::sync::OnceLock::new(),
+        };
+        let mut opts_plain = opts.clone_selectors();
+        opts_plain.serve = None;
+        return translate(&opts_plain, &converted).map(|(kind, obj, _)| (kind, obj, false));
+    }
     let obj = ev.object.clone()?;
     if ev.deleted {
         return opts.matches(&obj).then_some(("DELETED", obj, true));

@@ -187,6 +187,7 @@ pub async fn create(
     let mut obj = decode_object(content_type, body)?;
     check_type(target, &mut obj)?;
     let warnings = field_validation(target, &mut obj)?;
+    let mut obj = crate::convert::to_storage_form(&target.info, obj);
     check_namespace(target, &mut obj)?;
     if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
         return Err(ApiError::internal(
@@ -228,14 +229,16 @@ pub async fn create(
         }
         let hooks = api.before_create(info, &mut obj).await?;
         if target.dry_run() {
-            return Ok(with_warnings(json_response(201, &obj), &warnings));
+            let served = crate::convert::to_served_form(info, obj);
+            return Ok(with_warnings(json_response(201, &served), &warnings));
         }
         let key = info.key(target.namespace(), &name);
         match api.storage.create(&key, to_stored(&obj)).await? {
             Guarded::Done(rev) => {
                 super::set_resource_version(&mut obj, rev);
                 api.after_write(info, &obj);
-                return Ok(with_warnings(json_response(201, &obj), &warnings));
+                let served = crate::convert::to_served_form(info, obj);
+                return Ok(with_warnings(json_response(201, &served), &warnings));
             }
             Guarded::Changed(_) => {
                 api.undo_create(hooks).await;

@@ -464,13 +464,29 @@ fn node_cells(obj: &Value) -> Vec<Value> {
 }
 
 fn event_cells(obj: &Value) -> Vec<Value> {
-    let last = ["lastTimestamp", "eventTime", "firstTimestamp"]
-        .iter()
-        .map(|f| &obj[*f])
-        .find(|v| v.is_string())
-        .cloned()
-        .unwrap_or_else(|| obj["metadata"]["creationTimestamp"].clone());
-    let inv = &obj["involvedObject"];
+    // Core v1 and events.k8s.io/v1 field names.
+    let series_last = &obj["series"]["lastObservedTime"];
+    let last = [
+        &obj["lastTimestamp"],
+        &obj["deprecatedLastTimestamp"],
+        series_last,
+        &obj["eventTime"],
+        &obj["firstTimestamp"],
+        &obj["deprecatedFirstTimestamp"],
+    ]
+    .into_iter()
+    .find(|v| v.is_string())
+    .cloned()
+    .unwrap_or_else(|| obj["metadata"]["creationTimestamp"].clone());
+    let inv = if obj["regarding"].is_object() {
+        &obj["regarding"]
+    } else {
+        &obj["involvedObject"]
+    };
+    let message = obj["message"]
+        .as_str()
+        .or_else(|| obj["note"].as_str())
+        .unwrap_or("");
     let object = format!(
         "{}/{}",
         str_of(&inv["kind"]).to_ascii_lowercase(),
@@ -481,7 +497,7 @@ fn event_cells(obj: &Value) -> Vec<Value> {
         Value::from(str_of(&obj["type"])),
         Value::from(str_of(&obj["reason"])),
         Value::from(object),
-        Value::from(str_of(&obj["message"]).trim().to_string()),
+        Value::from(message.trim().to_string()),
     ]
 }
 

@@ -47,6 +47,8 @@ const TABLE: &[Row] = &[
     ("batch", "v1", "CronJob", "cronjobs", &["cj"], ALL, true, "cronjobs", &[Status], Subdomain),
     ("coordination.k8s.io", "v1", "Lease", "leases", &[], &[], true, "leases", &[], Subdomain),
     ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", &[], &[], true, "endpointslices", &[], Subdomain),
+    // Stored as core v1 Events, in the same keys (crate::convert).
+    ("events.k8s.io", "v1", "Event", "events", &["ev"], &[], true, "events", &[], Subdomain),
     ("networking.k8s.io", "v1", "Ingress", "ingresses", &["ing"], &[], true, "ingress", &[Status], Subdomain),
     ("networking.k8s.io", "v1", "IngressClass", "ingressclasses", &[], &[], false, "ingressclasses", &[], Subdomain),
     ("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", &["netpol"], &[], true, "networkpolicies", &[], Subdomain),

@@ -308,3 +308,75 @@ async fn binding_and_eviction(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(pod_binding_and_eviction, super::binding_and_eviction);
+
+/// core/v1 and events.k8s.io/v1 Events are one stored kind, each read in its own version's shape.
+async fn events_both_versions(c: Cluster) -> Result<()> {
+    let core = "/api/v1/namespaces/default/events";
+    let v1 = "/apis/events.k8s.io/v1/namespaces/default/events";
+    create(
+        &c,
+        core,
+        &json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "from-core"},
+        "involvedObject": {"kind": "Pod", "name": "p1", "namespace": "default"}, "reason": "Started",
+        "message": "started container", "type": "Normal", "count": 2, "source": {"component": "kubelet"}}),
+    )?;
+    let rv = raw(&c, v1)?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    create(
+        &c,
+        v1,
+        &json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "from-events"},
+        "regarding": {"kind": "Pod", "name": "p2", "namespace": "default"}, "reason": "Pulled", "note": "pulled image",
+        "type": "Normal", "action": "Pull", "reportingController": "kubelet", "reportingInstance": "node-1",
+        "eventTime": "2026-01-01T00:00:00.000000Z"}),
+    )?;
+    let as_v1 = raw(&c, &format!("{v1}/from-core"))?;
+    ensure!(
+        as_v1["apiVersion"] == "events.k8s.io/v1"
+            && as_v1["regarding"]["name"] == "p1"
+            && as_v1["note"] == "started container",
+        "{as_v1}"
+    );
+    ensure!(
+        as_v1["deprecatedCount"] == 2 && as_v1["deprecatedSource"]["component"] == "kubelet",
+        "{as_v1}"
+    );
+    let as_core = raw(&c, &format!("{core}/from-events"))?;
+    ensure!(
+        as_core["apiVersion"] == "v1"
+            && as_core["involvedObject"]["name"] == "p2"
+            && as_core["message"] == "pulled image",
+        "{as_core}"
+    );
+    ensure!(as_core["reportingComponent"] == "kubelet", "{as_core}");
+    let selected = raw(&c, &format!("{v1}?fieldSelector=regarding.name%3Dp2"))?;
+    let names: Vec<&str> = selected["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["metadata"]["name"].as_str())
+        .collect();
+    ensure!(names == ["from-events"], "{names:?}");
+    // A watch through events.k8s.io sees the stored Event in its shape (the watch cache holds core Events).
+    let watched = c.kubectl(&[
+        "get",
+        "--raw",
+        &format!("{v1}?watch=1&resourceVersion={rv}&timeoutSeconds=2"),
+    ])?;
+    let first: serde_json::Value = serde_json::from_str(watched.lines().next().unwrap_or("{}"))?;
+    ensure!(
+        first["type"] == "ADDED"
+            && first["object"]["note"] == "pulled image"
+            && first["object"]["regarding"]["name"] == "p2",
+        "{watched}"
+    );
+    let table = c.kubectl(&["get", "events.v1.events.k8s.io", "--no-headers"])?;
+    ensure!(
+        table.contains("pod/p1") && table.contains("pulled image"),
+        "{table}"
+    );
+    Ok(())
+}
+per_backend!(events_in_both_versions, super::events_both_versions);
