@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode, header};
 use serde_json::Value;
@@ -33,6 +33,9 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// Upstream's request body limit (3 MiB).
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// How much of an oversized body is still read (and dropped) before answering 413.
+const DRAIN_BYTES: usize = 64 * 1024 * 1024;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into()).boxed()
@@ -105,23 +108,34 @@ impl From<StorageError> for ApiError {
 /// Answers an error for a request whose body was not read, reading (and dropping) the body first: closing a
 /// connection while the client is still sending makes it report a broken pipe instead of the answer.
 pub async fn refuse(req: Request<Incoming>, err: &ApiError) -> Response<Body> {
-    let _ = Limited::new(req.into_body(), MAX_BODY_BYTES)
-        .collect()
-        .await;
+    let _ = read_body(req.into_body()).await;
     error_response(err)
 }
 
 /// Reads the whole request body (at most [`MAX_BODY_BYTES`]).
-pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::too_large(MAX_BODY_BYTES))
+pub async fn read_body(mut body: Incoming) -> Result<Bytes, ApiError> {
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .map_err(|err| ApiError::bad_request(format!("error reading request body: {err}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= MAX_BODY_BYTES {
+            buf.extend_from_slice(&data);
+        } else if seen > DRAIN_BYTES {
+            // Past what is worth reading to answer politely: the connection is dropped with the answer.
+            break;
         }
-        Err(err) => Err(ApiError::bad_request(format!(
-            "error reading request body: {err}"
-        ))),
     }
+    if seen > MAX_BODY_BYTES {
+        // The rest of an oversized body was read and dropped, so the client gets the 413 rather than a
+        // connection closed under its upload.
+        return Err(ApiError::too_large(MAX_BODY_BYTES));
+    }
+    Ok(buf.freeze())
 }
 
 /// The media type of a request, without parameters.
