@@ -152,23 +152,7 @@ fn start(
     let endpoint = format!("127.0.0.1:{port}");
     let log = dir.join("server.log");
     let daemon = match subject {
-        Subject::Etcd => {
-            let peer = util::free_port()?;
-            Daemon::spawn(
-                "etcd",
-                Command::new("etcd")
-                    .args(["--name", "bench", "--data-dir"])
-                    .arg(dir.join("etcd"))
-                    .arg(format!("--listen-client-urls=http://{endpoint}"))
-                    .arg(format!("--advertise-client-urls=http://{endpoint}"))
-                    .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                    .arg(format!(
-                        "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-                    ))
-                    .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}")),
-                &log,
-            )?
-        }
+        Subject::Etcd => spawn_etcd(dir, port, &log)?,
         kine => {
             let datastore = match kine {
                 Subject::KineSqlite => format!("sqlite://{}", dir.join("db/state.db").display()),
@@ -186,6 +170,26 @@ fn start(
     };
     util::wait_port(port, Duration::from_secs(60), subject.name())?;
     Ok((daemon, endpoint))
+}
+
+/// Debian's etcd, alone, serving clients on 127.0.0.1:`port` with its data under `dir`.
+pub(crate) fn spawn_etcd(dir: &Path, port: u16, log: &Path) -> Result<Daemon> {
+    let endpoint = format!("127.0.0.1:{port}");
+    let peer = util::free_port()?;
+    Daemon::spawn(
+        "etcd",
+        Command::new("etcd")
+            .args(["--name", "bench", "--data-dir"])
+            .arg(dir.join("etcd"))
+            .arg(format!("--listen-client-urls=http://{endpoint}"))
+            .arg(format!("--advertise-client-urls=http://{endpoint}"))
+            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+            ))
+            .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}")),
+        log,
+    )
 }
 
 /// The database a kine subject on PostgreSQL or MariaDB uses in a round.

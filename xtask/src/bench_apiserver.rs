@@ -106,23 +106,7 @@ fn start_store(store: Store, dir: &Path) -> Result<(Daemon, u16)> {
     let port = util::free_port()?;
     let log = dir.join("store.log");
     let daemon = match store {
-        Store::Etcd => {
-            let peer = util::free_port()?;
-            Daemon::spawn(
-                "etcd",
-                Command::new("etcd")
-                    .args(["--name", "bench", "--data-dir"])
-                    .arg(dir.join("etcd"))
-                    .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
-                    .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
-                    .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                    .arg(format!(
-                        "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-                    ))
-                    .arg(format!("--initial-cluster=bench=http://127.0.0.1:{peer}")),
-                &log,
-            )?
-        }
+        Store::Etcd => crate::bench::spawn_etcd(dir, port, &log)?,
         Store::KineSqlite => Daemon::spawn(
             "k3rs-kine",
             Command::new(util::root().join("target/release/k3rs-kine"))

@@ -73,12 +73,7 @@ pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>,
             .map(|p| format!("unknown field {p:?}"))
             .collect();
         if mode == "Strict" && !unknown.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
-                unknown.join(", "),
-                kind = info.kind,
-                version = info.version,
-            )));
+            return Err(strict_error(info, &unknown));
         }
         *obj = pruned;
         return Ok(if mode == "Warn" { unknown } else { Vec::new() });
@@ -95,15 +90,20 @@ pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>,
         .map(|p| format!("unknown field {p:?}"))
         .collect();
     if mode == "Strict" && !unknown.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
-            unknown.join(", "),
-            kind = info.kind,
-            version = info.version,
-        )));
+        return Err(strict_error(info, &unknown));
     }
     catalog.prune_unknown(&def, obj, true);
     Ok(unknown)
+}
+
+/// Upstream's strict decoding error for unknown fields.
+fn strict_error(info: &crate::resources::ResourceInfo, unknown: &[String]) -> ApiError {
+    ApiError::bad_request(format!(
+        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+        unknown.join(", "),
+        kind = info.kind,
+        version = info.version,
+    ))
 }
 
 /// Adds `Warning: 299 - "…"` headers.
