@@ -16,9 +16,19 @@ const RENAMES: &[(&str, &str)] = &[
     ("reportingController", "reportingComponent"),
 ];
 
-/// Whether objects of `info` are stored in another version's form.
-pub fn converts(info: &ResourceInfo) -> bool {
+fn is_events_v1(info: &ResourceInfo) -> bool {
     info.group == "events.k8s.io" && info.kind == "Event" && info.custom.is_none()
+}
+
+/// Whether objects of `info` may be stored in another version's form: events.k8s.io/v1, and custom
+/// resources served in a version other than their CRD's storage version (conversion strategy None: only
+/// `apiVersion` differs).
+pub fn converts(info: &ResourceInfo) -> bool {
+    is_events_v1(info)
+        || info
+            .custom
+            .as_ref()
+            .is_some_and(|c| c.storage_version != info.version)
 }
 
 fn rename(obj: Value, api_version: &str, from_events: bool) -> Value {
@@ -41,27 +51,30 @@ fn rename(obj: Value, api_version: &str, from_events: bool) -> Value {
     Value::Object(out)
 }
 
-/// The stored (core/v1) form of an object written through `info`.
-pub fn to_storage_form(info: &ResourceInfo, obj: Value) -> Value {
-    if converts(info) {
-        rename(obj, "v1", true)
-    } else {
-        obj
+/// The stored form of an object written through `info`.
+pub fn to_storage_form(info: &ResourceInfo, mut obj: Value) -> Value {
+    if is_events_v1(info) {
+        return rename(obj, "v1", true);
     }
+    if let Some(custom) = info
+        .custom
+        .as_ref()
+        .filter(|c| c.storage_version != info.version)
+    {
+        obj["apiVersion"] = Value::from(format!("{}/{}", info.group, custom.storage_version));
+    }
+    obj
 }
 
 /// The form `info` serves of a stored object.
-pub fn to_served_form(info: &ResourceInfo, obj: Value) -> Value {
-    if converts(info) {
-        rename(obj, "events.k8s.io/v1", false)
-    } else {
-        obj
+pub fn to_served_form(info: &ResourceInfo, mut obj: Value) -> Value {
+    if is_events_v1(info) {
+        return rename(obj, "events.k8s.io/v1", false);
     }
-}
-
-/// [`to_served_form`] for events.k8s.io/v1 (a plain function for list options).
-pub fn core_event_to_events_v1(obj: Value) -> Value {
-    rename(obj, "events.k8s.io/v1", false)
+    if info.custom.is_some() {
+        obj["apiVersion"] = Value::from(info.api_version());
+    }
+    obj
 }
 
 #[cfg(test)]
@@ -73,7 +86,7 @@ mod tests {
     fn events_round_trip() {
         let core = json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}, "involvedObject": {"kind": "Pod", "name": "p"},
             "message": "hi", "reason": "Started", "count": 2, "reportingComponent": "kubelet", "type": "Normal"});
-        let served = core_event_to_events_v1(core.clone());
+        let served = rename(core.clone(), "events.k8s.io/v1", false);
         assert_eq!(served["regarding"]["name"], "p");
         assert_eq!(served["note"], "hi");
         assert_eq!(served["deprecatedCount"], 2);

@@ -20,8 +20,9 @@ pub struct ListOptions {
     pub resource_version_match: Option<String>,
     /// Collect items as stored JSON (`Listed::raw`) instead of parsed objects; only without selectors.
     pub raw: bool,
-    /// Converts stored objects to the served version before selectors see them (events.k8s.io/v1).
-    pub serve: Option<fn(Value) -> Value>,
+    /// Converts stored objects to this resource's served version before selectors see them
+    /// (events.k8s.io/v1, custom resources of several versions).
+    pub serve: Option<std::sync::Arc<crate::resources::ResourceInfo>>,
 }
 
 fn invalid_param(field: &str, value: &str, why: &str) -> ApiError {
@@ -118,8 +119,7 @@ impl ListOptions {
             resource_version,
             resource_version_match,
             raw: false,
-            serve: crate::convert::converts(&target.info)
-                .then_some(crate::convert::core_event_to_events_v1 as fn(Value) -> Value),
+            serve: crate::convert::converts(&target.info).then(|| target.info.clone()),
         })
     }
 
@@ -295,8 +295,8 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
                 continue;
             }
             let mut obj = to_output(stored)?;
-            if let Some(serve) = opts.serve {
-                obj = serve(obj);
+            if let Some(info) = &opts.serve {
+                obj = crate::convert::to_served_form(info, obj);
             }
             if opts.matches(&obj) {
                 items.push(obj);

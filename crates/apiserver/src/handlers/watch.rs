@@ -286,13 +286,14 @@ impl Source {
 /// Maps a storage event to a watch event for this watcher's selectors; `true` when the event type is the
 /// storage event's own (so the shared serialized line can be used).
 fn translate(opts: &ListOptions, ev: &Decoded) -> Option<(&'static str, Arc<Value>, bool)> {
-    if let Some(serve) = opts.serve {
+    if let Some(info) = &opts.serve {
         // Another version of the stored kind: convert, and never share the stored form's line.
+        let serve = |o: &Arc<Value>| Arc::new(crate::convert::to_served_form(info, (**o).clone()));
         let converted = Decoded {
             key: ev.key.clone(),
             revision: ev.revision,
-            object: ev.object.as_ref().map(|o| Arc::new(serve((**o).clone()))),
-            previous: ev.previous.as_ref().map(|o| Arc::new(serve((**o).clone()))),
+            object: ev.object.as_ref().map(serve),
+            previous: ev.previous.as_ref().map(serve),
             deleted: ev.deleted,
             line: std::sync::OnceLock::new(),
         };

@@ -167,3 +167,64 @@ async fn custom_resources(mut c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(custom_resource_definitions, super::custom_resources);
+
+const GADGETS: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: gadgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: gadgets, kind: Gadget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+  - name: v1beta1
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema: {type: object, properties: {spec: {type: object, x-kubernetes-preserve-unknown-fields: true}}}
+"#;
+
+/// A CRD served in two versions (conversion strategy None): objects are stored in the storage version and
+/// served in whichever version is asked for.
+async fn versions(c: Cluster) -> Result<()> {
+    c.kubectl_in(&["apply", "-f", "-"], GADGETS)?;
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/gadgets.example.com",
+        "--timeout=30s",
+    ])?;
+    let beta = r#"{"apiVersion":"example.com/v1beta1","kind":"Gadget","metadata":{"name":"g1","namespace":"default"},"spec":{"x":1}}"#;
+    c.kubectl_in(&["create", "-f", "-"], beta)?;
+    let as_v1 = crate::raw(&c, "/apis/example.com/v1/namespaces/default/gadgets/g1")?;
+    let as_beta = crate::raw(
+        &c,
+        "/apis/example.com/v1beta1/namespaces/default/gadgets/g1",
+    )?;
+    ensure!(
+        as_v1["apiVersion"] == "example.com/v1" && as_beta["apiVersion"] == "example.com/v1beta1",
+        "{as_v1} {as_beta}"
+    );
+    let listed = crate::raw(&c, "/apis/example.com/v1beta1/namespaces/default/gadgets")?;
+    ensure!(
+        listed["items"][0]["apiVersion"] == "example.com/v1beta1",
+        "{listed}"
+    );
+    let mut etcd = c.store.client().await?;
+    let stored = etcd
+        .get("/registry/example.com/gadgets/default/g1", None)
+        .await?;
+    let stored: serde_json::Value = serde_json::from_slice(stored.kvs()[0].value())?;
+    ensure!(
+        stored["apiVersion"] == "example.com/v1",
+        "stored as {stored}"
+    );
+    Ok(())
+}
+per_backend!(custom_resources_in_two_versions, super::versions);
