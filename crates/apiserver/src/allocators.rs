@@ -147,11 +147,12 @@ impl Allocators {
         }
     }
 
-    fn invalid(obj: &Value, field: &str, value: Value, detail: &str) -> ApiError {
+    /// 422 for the Service `name` with one field cause.
+    fn invalid(name: &str, field: &str, value: Value, detail: &str) -> ApiError {
         ApiError::invalid(
             "Service",
             "",
-            obj["metadata"]["name"].as_str().unwrap_or(""),
+            name,
             vec![Cause::invalid(field, &value, detail)],
         )
     }
@@ -177,7 +178,7 @@ impl Allocators {
             } else {
                 let ip: Ipv4Addr = requested.parse().map_err(|_| {
                     Self::invalid(
-                        svc,
+                        svc["metadata"]["name"].as_str().unwrap_or(""),
                         "spec.clusterIPs[0]",
                         json!(requested),
                         "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
@@ -185,7 +186,7 @@ impl Allocators {
                 })?;
                 if !self.ips.contains(ip) {
                     return Err(Self::invalid(
-                        svc,
+                        svc["metadata"]["name"].as_str().unwrap_or(""),
                         "spec.clusterIPs",
                         json!([requested]),
                         &format!(
@@ -196,7 +197,7 @@ impl Allocators {
                 }
                 if !Self::reserve(storage, format!("{IP_PREFIX}{ip}"), &who, reserved).await? {
                     return Err(Self::invalid(
-                        svc,
+                        svc["metadata"]["name"].as_str().unwrap_or(""),
                         "spec.clusterIPs",
                         json!([requested]),
                         &format!(
@@ -301,7 +302,7 @@ impl Allocators {
             }
         }
         Err(Self::invalid(
-            svc,
+            svc["metadata"]["name"].as_str().unwrap_or(""),
             "spec.clusterIPs",
             json!([]),
             "failed to allocate IP: range is full",
@@ -316,38 +317,27 @@ impl Allocators {
         reserved: &mut Reserved,
     ) -> Result<(), ApiError> {
         let span = u32::from(self.ports.high - self.ports.low) + 1;
-        let name = svc["metadata"]["name"].clone();
+        let name = svc["metadata"]["name"].as_str().unwrap_or("").to_string();
         let Some(ports) = svc["spec"]["ports"].as_array_mut() else {
             return Ok(());
         };
         for (i, p) in ports.iter_mut().enumerate() {
             match p.get("nodePort").and_then(Value::as_i64) {
                 Some(np) => {
+                    let field = format!("spec.ports[{i}].nodePort");
                     if np < i64::from(self.ports.low) || np > i64::from(self.ports.high) {
-                        return Err(ApiError::invalid(
-                            "Service",
-                            "",
-                            name.as_str().unwrap_or(""),
-                            vec![Cause::invalid(
-                                format!("spec.ports[{i}].nodePort"),
-                                &json!(np),
-                                &format!(
-                                    "provided port is not in the valid range. The range of valid ports is {}-{}",
-                                    self.ports.low, self.ports.high
-                                ),
-                            )],
-                        ));
+                        let detail = format!(
+                            "provided port is not in the valid range. The range of valid ports is {}-{}",
+                            self.ports.low, self.ports.high
+                        );
+                        return Err(Self::invalid(&name, &field, json!(np), &detail));
                     }
                     if !Self::reserve(storage, format!("{PORT_PREFIX}{np}"), who, reserved).await? {
-                        return Err(ApiError::invalid(
-                            "Service",
-                            "",
-                            name.as_str().unwrap_or(""),
-                            vec![Cause::invalid(
-                                format!("spec.ports[{i}].nodePort"),
-                                &json!(np),
-                                "provided port is already allocated",
-                            )],
+                        return Err(Self::invalid(
+                            &name,
+                            &field,
+                            json!(np),
+                            "provided port is already allocated",
                         ));
                     }
                 }

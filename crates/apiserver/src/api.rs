@@ -23,6 +23,13 @@ pub struct Api {
     pub ready: k3rs_common::Readiness,
 }
 
+/// Reservations an update took and would give up, settled once the write is known to have happened or not.
+#[derive(Debug, Default)]
+pub struct PendingUpdate {
+    reserved: Reserved,
+    dropped: Vec<String>,
+}
+
 fn is_crd(info: &ResourceInfo) -> bool {
     info.custom.is_none()
         && info.group == "apiextensions.k8s.io"
@@ -59,25 +66,40 @@ impl Api {
     }
 
     /// Runs before an update is stored.
+    /// Returns what the write holds: [`Api::update_stored`] or [`Api::update_abandoned`] settles it.
     pub async fn before_update(
         &self,
         info: &ResourceInfo,
         old: &Value,
         new: &mut Value,
-    ) -> Result<(), ApiError> {
+    ) -> Result<PendingUpdate, ApiError> {
+        let mut pending = PendingUpdate::default();
         if is_service(info) {
-            let mut reserved = Reserved::default();
-            self.allocators
-                .on_update(&self.storage, old, new, &mut reserved)
-                .await?;
+            if let Err(e) = self
+                .allocators
+                .on_update(&self.storage, old, new, &mut pending.reserved)
+                .await
+            {
+                self.update_abandoned(pending).await;
+                return Err(e);
+            }
             let keep = Allocators::keys_of(new);
-            let dropped: Vec<String> = Allocators::keys_of(old)
+            pending.dropped = Allocators::keys_of(old)
                 .into_iter()
                 .filter(|k| !keep.contains(k))
                 .collect();
-            Allocators::release(&self.storage, &dropped).await;
         }
-        Ok(())
+        Ok(pending)
+    }
+
+    /// The update was stored: what the old object held and the new one does not is free now.
+    pub async fn update_stored(&self, pending: PendingUpdate) {
+        Allocators::release(&self.storage, &pending.dropped).await;
+    }
+
+    /// The update was not stored: what it reserved is free again, the old object keeps its own.
+    pub async fn update_abandoned(&self, pending: PendingUpdate) {
+        Allocators::release(&self.storage, &pending.reserved.keys).await;
     }
 
     /// Runs after an object was stored (created or updated).

@@ -295,13 +295,15 @@ async fn commit(
     if !causes.is_empty() {
         return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
     }
-    api.before_update(info, &old, &mut new).await?;
+    let pending = api.before_update(info, &old, &mut new).await?;
     // Same resourceVersion on both sides for the no-op comparison.
     super::set_resource_version(&mut new, current.mod_revision);
     if new == old {
+        api.update_abandoned(pending).await;
         return Ok(Some(old));
     }
     if target.dry_run() {
+        api.update_abandoned(pending).await;
         return Ok(Some(new));
     }
     let deleting = new["metadata"].get("deletionTimestamp").is_some();
@@ -311,30 +313,43 @@ async fn commit(
         .is_some_and(|f| !f.is_empty());
     if deleting && !finalizers_left && info.kind != "Pod" && info.kind != "Namespace" {
         // The last finalizer is gone: the object is deleted now.
-        return match api
-            .storage
-            .delete(&current.key, current.mod_revision)
-            .await?
-        {
-            Guarded::Done(rev) => {
+        return match api.storage.delete(&current.key, current.mod_revision).await {
+            Ok(Guarded::Done(rev)) => {
+                // Gone: both what the old object held (dropped) and what the new one holds are free.
+                api.update_stored(pending).await;
                 api.after_delete(info, &new).await;
                 super::set_resource_version(&mut new, rev);
                 Ok(Some(new))
             }
-            Guarded::Changed(_) => Ok(None),
+            Ok(Guarded::Changed(_)) => {
+                api.update_abandoned(pending).await;
+                Ok(None)
+            }
+            Err(err) => {
+                api.update_abandoned(pending).await;
+                Err(err.into())
+            }
         };
     }
     match api
         .storage
         .update(&current.key, to_stored(&new), current.mod_revision)
-        .await?
+        .await
     {
-        Guarded::Done(rev) => {
+        Ok(Guarded::Done(rev)) => {
+            api.update_stored(pending).await;
             super::set_resource_version(&mut new, rev);
             api.after_write(info, &new);
             Ok(Some(new))
         }
-        Guarded::Changed(_) => Ok(None),
+        Ok(Guarded::Changed(_)) => {
+            api.update_abandoned(pending).await;
+            Ok(None)
+        }
+        Err(err) => {
+            api.update_abandoned(pending).await;
+            Err(err.into())
+        }
     }
 }
 

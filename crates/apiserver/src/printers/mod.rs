@@ -132,6 +132,11 @@ pub fn row(kind: &str, obj: &Value, include: Include) -> Value {
         cells.push(obj["metadata"]["name"].clone());
     }
     cells.extend(cells_checked(kind, obj));
+    row_of(cells, obj, include)
+}
+
+/// A row: its cells and as much of the object as `includeObject` asks for.
+fn row_of(cells: Vec<Value>, obj: &Value, include: Include) -> Value {
     let mut row = json!({"cells": cells});
     match include {
         Include::None => {}
@@ -233,21 +238,20 @@ pub fn table_for(
         .iter()
         .map(|obj| {
             let mut cells = vec![obj["metadata"]["name"].clone()];
-            cells.extend(custom.columns.iter().map(|c| match json_path(obj, &c.json_path) {
-                // Date columns print as ages, as upstream's custom resource table convertor does.
-                Some(Value::String(ts)) if c.kind == "date" => Value::from(since(&Value::from(ts))),
-                Some(v) => v,
-                None => Value::Null,
-            }));
-            let mut row = json!({"cells": cells});
-            match include {
-                Include::None => {}
-                Include::Metadata => {
-                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]});
-                }
-                Include::Object => row["object"] = obj.clone(),
-            }
-            row
+            cells.extend(
+                custom
+                    .columns
+                    .iter()
+                    .map(|c| match json_path(obj, &c.json_path) {
+                        // Date columns print as ages, as upstream's custom resource table convertor does.
+                        Some(Value::String(ts)) if c.kind == "date" => {
+                            Value::from(since(&Value::from(ts)))
+                        }
+                        Some(v) => v,
+                        None => Value::Null,
+                    }),
+            );
+            row_of(cells, obj, include)
         })
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": list_meta, "columnDefinitions": defs, "rows": rows})

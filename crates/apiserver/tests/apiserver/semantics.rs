@@ -380,3 +380,45 @@ async fn events_both_versions(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(events_in_both_versions, super::events_both_versions);
+
+/// A Service update that is refused (stale resourceVersion) keeps the node port the stored Service holds.
+async fn refused_update_keeps_ports(c: Cluster) -> Result<()> {
+    let svcs = "/api/v1/namespaces/default/services";
+    let svc = create(
+        &c,
+        svcs,
+        &json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "np"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}}),
+    )?;
+    // Turning it into a ClusterIP Service would give up 30080 — but this write is stale and refused.
+    let mut stale = svc.clone();
+    stale["metadata"]["resourceVersion"] = json!("1");
+    stale["spec"]["type"] = json!("ClusterIP");
+    stale["spec"]["ports"] = json!([{"port": 80}]);
+    let file = c.data_dir().join("stale.json");
+    std::fs::write(&file, stale.to_string())?;
+    let e = c.kubectl_err(
+        &[
+            "replace",
+            "--raw",
+            &format!("{svcs}/np"),
+            "-f",
+            &file.display().to_string(),
+        ],
+        None,
+    )?;
+    ensure!(e.contains("(Conflict)"), "{e}");
+    let other = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "other"},
+        "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": 30080}]}});
+    std::fs::write(&file, other.to_string())?;
+    let e = c.kubectl_err(
+        &["create", "--raw", svcs, "-f", &file.display().to_string()],
+        None,
+    )?;
+    ensure!(e.contains("provided port is already allocated"), "{e}");
+    Ok(())
+}
+per_backend!(
+    refused_service_update_keeps_its_node_port,
+    super::refused_update_keeps_ports
+);
