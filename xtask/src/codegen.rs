@@ -7,8 +7,10 @@
 //! Output format, one type per block:
 //! ```text
 //! T io.k8s.api.apps.v1.DeploymentSpec
-//! F <tag> <jsonName> <kind> [<ref>] [*] [pmk=<key>] [ps=<strategy>] [lt=<listType>] [lmk=<k1,k2>] [req]
+//! S atomic
+//! F <tag> <jsonName> <kind> [<ref>] [*] [pmk=<key>] [ps=<strategy>] [lt=<listType>] [lmk=<k1,k2>] [mt=atomic] [req]
 //! ```
+//! `S atomic` marks a `+structType=atomic` type (server-side apply owns and replaces it whole).
 //! `kind` is one of `string bool int32 int64 double float bytes message map:<valuekind>`; `*` marks a
 //! repeated field; `<ref>` names the message (or map value message) type; `req` marks a field Go always
 //! serializes (k8s-openapi declares it without `Option`).
@@ -247,10 +249,15 @@ fn scalar(k: &str) -> Option<&'static str> {
 }
 
 /// prost messages per type from k8s-pb: definition → fields.
-fn proto_messages(root: &Path) -> Result<BTreeMap<String, Vec<Field>>> {
+/// Message fields by definition name, and the messages marked `+structType=atomic`.
+type Messages = (BTreeMap<String, Vec<Field>>, std::collections::HashSet<String>);
+
+/// Every k8s-pb message's fields, and the messages marked `+structType=atomic` (apply replaces them whole).
+fn proto_messages(root: &Path) -> Result<Messages> {
     let mut files = Vec::new();
     rs_files(root, &mut files)?;
     let mut out = BTreeMap::new();
+    let mut atomic = std::collections::HashSet::new();
     for file in files {
         let rel = file
             .parent()
@@ -275,7 +282,11 @@ fn proto_messages(root: &Path) -> Result<BTreeMap<String, Vec<Field>>> {
                 if let Some((n, f)) = current.take() {
                     out.insert(n, f);
                 }
-                current = Some((resolve(&module, &name).unwrap_or_default(), Vec::new()));
+                let def = resolve(&module, &name).unwrap_or_default();
+                if markers.iter().any(|m| m == "st=atomic") {
+                    atomic.insert(def.clone());
+                }
+                current = Some((def, Vec::new()));
                 markers.clear();
                 continue;
             }
@@ -291,6 +302,8 @@ fn proto_messages(root: &Path) -> Result<BTreeMap<String, Vec<Field>>> {
                     ("patchStrategy=", "ps"),
                     ("listType=", "lt"),
                     ("listMapKey=", "lmk"),
+                    ("mapType=", "mt"),
+                    ("structType=", "st"),
                 ] {
                     if let Some(v) = doc.strip_prefix(k) {
                         markers.push(format!("{short}={v}"));
@@ -375,7 +388,7 @@ fn proto_messages(root: &Path) -> Result<BTreeMap<String, Vec<Field>>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, atomic))
 }
 
 pub fn run() -> Result<()> {
@@ -384,7 +397,7 @@ pub fn run() -> Result<()> {
     eprintln!("codegen: k8s-openapi at {}", openapi.display());
     let mut docs = Docs::new();
     let names = json_names(&openapi.join("src").join(KUBE), &mut docs)?;
-    let raw_messages = proto_messages(&pb.join("src"))?;
+    let (raw_messages, raw_atomic) = proto_messages(&pb.join("src"))?;
     // prost re-cases acronyms in type names (`GcePersistentDiskVolumeSource`): use upstream's names, as
     // k8s-openapi spells them, for definitions and references alike.
     let mut canon: HashMap<String, String> = names.keys().map(|d| (norm(d), d.clone())).collect();
@@ -442,6 +455,9 @@ pub fn run() -> Result<()> {
         };
         types += 1;
         let mut block = format!("T {def}\n");
+        if raw_atomic.iter().any(|a| canonical(a) == def) {
+            block.push_str("S atomic\n");
+        }
         let mut sorted: Vec<&Field> = msg_fields.iter().collect();
         sorted.sort_by_key(|f| f.tag);
         for f in sorted {

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod crd_schema;
 pub mod discovery;
 pub mod handlers;
+pub mod managed;
 pub mod meta;
 pub mod metrics;
 pub mod openapi;

@@ -23,6 +23,7 @@ pub const PATCH_TYPES: &[&str] = &[
     "application/json-patch+json",
     "application/merge-patch+json",
     "application/strategic-merge-patch+json",
+    "application/apply-patch+yaml",
 ];
 
 /// Which OpenAPI flavour a document is written in (only `$ref` prefixes differ).

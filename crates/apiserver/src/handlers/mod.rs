@@ -226,6 +226,8 @@ pub struct Target {
     pub query: Query,
     /// The client asked for a `meta.k8s.io/v1` Table (reads only), with this much of each object.
     pub table: Option<crate::printers::Include>,
+    /// The client's `User-Agent` (the default field manager is its first segment).
+    pub user_agent: String,
 }
 
 impl Target {
@@ -290,11 +292,18 @@ pub async fn handle(
         .and_then(|a| a.to_str().ok());
     let table = (crate::printers::wants_table(accept) && matches!(verb, "get" | "list" | "watch"))
         .then(|| crate::printers::Include::parse(query.get("includeObject")));
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("")
+        .to_string();
     let target = Target {
         info: res,
         req: info,
         query,
         table,
+        user_agent,
     };
     let start = std::time::Instant::now();
     let resource_label = target.info.plural.clone();

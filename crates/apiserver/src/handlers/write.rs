@@ -1,5 +1,6 @@
-//! Writes: create (with `generateName` retries), update (optimistic concurrency, status split, generation) and
-//! patch (read, apply, guarded write, retried on conflict).
+//! Writes: create (with `generateName` retries), update (optimistic concurrency, status split, generation),
+//! patch (read, apply, guarded write, retried on conflict) and server-side apply; every write records its
+//! field manager in `metadata.managedFields`.
 
 use hyper::Response;
 use serde_json::Value;
@@ -7,8 +8,9 @@ use serde_json::Value;
 use super::subresource::View;
 use super::{Body, Target, decode_object, json_response, to_output, to_stored};
 use crate::api::Api;
+use crate::managed::{self, Writer};
 use crate::meta::{meta_str, metadata_mut};
-use crate::status::ApiError;
+use crate::status::{ApiError, Cause};
 use crate::storage::{Guarded, Stored};
 use crate::strategy;
 
@@ -178,17 +180,78 @@ async fn check_namespace_lifecycle(api: &Api, target: &Target) -> Result<(), Api
     Ok(())
 }
 
+/// The subresource name a view writes through, for managed fields.
+fn subresource_name(view: View) -> &'static str {
+    match view {
+        View::Main => "",
+        View::Status => "status",
+        View::Scale => "scale",
+    }
+}
+
+/// An options error as upstream's (`PatchOptions.meta.k8s.io "" is invalid: …`).
+fn options_invalid(kind: &str, causes: Vec<Cause>) -> ApiError {
+    ApiError::invalid(kind, "meta.k8s.io", "", causes)
+}
+
+/// The field manager of a write: `fieldManager`, else the first segment of the client's User-Agent.
+fn field_manager(target: &Target, options: &str) -> Result<String, ApiError> {
+    if let Some(m) = target.query.get("fieldManager").filter(|m| !m.is_empty()) {
+        let mut causes = Vec::new();
+        if m.len() > managed::MAX_MANAGER_LEN {
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                message: format!(
+                    "Too long: may not be more than {} bytes",
+                    managed::MAX_MANAGER_LEN
+                ),
+                field: "fieldManager".into(),
+            });
+        }
+        if let Some((i, c)) = m.char_indices().find(|(_, c)| c.is_control()) {
+            causes.push(Cause::invalid(
+                "fieldManager",
+                &Value::from(m),
+                &format!("invalid character U+{:04X} (at position {i})", c as u32),
+            ));
+        }
+        if !causes.is_empty() {
+            return Err(options_invalid(options, causes));
+        }
+        return Ok(m.to_string());
+    }
+    let agent = target.user_agent.split('/').next().unwrap_or("");
+    let mut end = agent.len().min(managed::MAX_MANAGER_LEN);
+    while !agent.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(agent[..end].to_string())
+}
+
 pub async fn create(
     api: &Api,
     target: &Target,
     content_type: &str,
     body: &[u8],
 ) -> Result<Response<Body>, ApiError> {
+    let manager = field_manager(target, "CreateOptions")?;
     let mut obj = decode_object(content_type, body)?;
     check_type(target, &mut obj)?;
     let warnings = field_validation(target, &mut obj)?;
     let mut obj = crate::convert::to_storage_form(&target.info, obj);
     check_namespace(target, &mut obj)?;
+    create_object(api, target, obj, &warnings, Some(&manager)).await
+}
+
+/// Stores a new object (already checked against the endpoint). `manager` records an Update entry in its
+/// managed fields; `None` when server-side apply already did.
+async fn create_object(
+    api: &Api,
+    target: &Target,
+    mut obj: Value,
+    warnings: &[String],
+    manager: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
         return Err(ApiError::internal(
             "resourceVersion should not be set on objects to be created",
@@ -215,6 +278,14 @@ pub async fn create(
         );
     }
     strategy::prepare_create(info, &mut obj);
+    if let Some(manager) = manager {
+        let writer = Writer {
+            info,
+            manager,
+            subresource: "",
+        };
+        managed::track_update(&writer, None, &mut obj);
+    }
     check_namespace_lifecycle(api, target).await?;
     for attempt in 0..8 {
         if generate {
@@ -230,7 +301,7 @@ pub async fn create(
         let hooks = api.before_create(info, &mut obj).await?;
         if target.dry_run() {
             let served = crate::convert::to_served_form(info, obj);
-            return Ok(with_warnings(json_response(201, &served), &warnings));
+            return Ok(with_warnings(json_response(201, &served), warnings));
         }
         let key = info.key(target.namespace(), &name);
         match api.storage.create(&key, to_stored(&obj)).await? {
@@ -238,7 +309,7 @@ pub async fn create(
                 super::set_resource_version(&mut obj, rev);
                 api.after_write(info, &obj);
                 let served = crate::convert::to_served_form(info, obj);
-                return Ok(with_warnings(json_response(201, &served), &warnings));
+                return Ok(with_warnings(json_response(201, &served), warnings));
             }
             Guarded::Changed(_) => {
                 api.undo_create(hooks).await;
@@ -275,13 +346,15 @@ fn keep_system_metadata(old: &Value, new: &mut Value) {
 }
 
 /// Validates and stores `new` (already in the resource's shape) over `current`. Returns the response, or
-/// `None` when the stored object changed underneath (the caller retries).
+/// `None` when the stored object changed underneath (the caller retries). `manager` records the write in
+/// the managed fields; `None` when server-side apply already did.
 async fn commit(
     api: &Api,
     target: &Target,
     current: &Stored,
     mut new: Value,
     view: View,
+    manager: Option<&str>,
 ) -> Result<Option<Value>, ApiError> {
     let info = &target.info;
     let old = to_output(current)?;
@@ -290,6 +363,14 @@ async fn commit(
     match view {
         View::Status => strategy::prepare_status_update(&old, &mut new),
         View::Main | View::Scale => strategy::prepare_update(info, &old, &mut new),
+    }
+    if let Some(manager) = manager {
+        let writer = Writer {
+            info,
+            manager,
+            subresource: subresource_name(view),
+        };
+        managed::track_update(&writer, Some(&old), &mut new);
     }
     let causes = strategy::validate_update(info, &old, &new);
     if !causes.is_empty() {
@@ -362,6 +443,7 @@ pub async fn update(
     view: Option<View>,
 ) -> Result<Response<Body>, ApiError> {
     let view = view.unwrap_or(View::Main);
+    let manager = field_manager(target, "UpdateOptions")?;
     let mut obj = decode_object(content_type, body)?;
     let mut warnings = Vec::new();
     if view != View::Scale {
@@ -396,7 +478,7 @@ pub async fn update(
         }
         let old = to_output(&current)?;
         let new = view.apply_body(&target.info, &old, obj.clone())?;
-        match commit(api, target, &current, new, view).await? {
+        match commit(api, target, &current, new, view, Some(&manager)).await? {
             Some(stored) => {
                 let resp = json_response(200, &view.present(&target.info, &stored)?);
                 return Ok(with_warnings(resp, &warnings));
@@ -428,6 +510,19 @@ pub async fn patch(
 ) -> Result<Response<Body>, ApiError> {
     let view = view.unwrap_or(View::Main);
     let kind = crate::patch::PatchKind::from_content_type(content_type)?;
+    if kind == crate::patch::PatchKind::Apply {
+        return apply(api, target, body, view).await;
+    }
+    if target.query.get("force").is_some() {
+        return Err(options_invalid(
+            "PatchOptions",
+            vec![Cause::forbidden(
+                "force",
+                "may not be specified for non-apply patch",
+            )],
+        ));
+    }
+    let manager = field_manager(target, "PatchOptions")?;
     for _ in 0..RETRIES {
         let current = api
             .storage
@@ -469,7 +564,115 @@ pub async fn patch(
         }
         check_namespace(target, &mut patched)?;
         let new = view.apply_body(&target.info, &old, patched)?;
-        if let Some(stored) = commit(api, target, &current, new, view).await? {
+        if let Some(stored) = commit(api, target, &current, new, view, Some(&manager)).await? {
+            let resp = json_response(200, &view.present(&target.info, &stored)?);
+            return Ok(with_warnings(resp, &warnings));
+        }
+    }
+    Err(ApiError::modified(
+        &target.info.plural,
+        &target.info.group,
+        target.name(),
+    ))
+}
+
+/// Server-side apply (`application/apply-patch+yaml`): merges the configuration into the live object (or
+/// creates it), with field ownership and conflicts as upstream.
+async fn apply(
+    api: &Api,
+    target: &Target,
+    body: &[u8],
+    view: View,
+) -> Result<Response<Body>, ApiError> {
+    let manager = target.query.get("fieldManager").unwrap_or("");
+    if manager.is_empty() {
+        return Err(options_invalid(
+            "PatchOptions",
+            vec![Cause {
+                reason: "FieldValueRequired",
+                message: "Required value: is required for apply patch".into(),
+                field: "fieldManager".into(),
+            }],
+        ));
+    }
+    let manager = field_manager(target, "PatchOptions")?;
+    let force = match target.query.get("force") {
+        None | Some("" | "false" | "0") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid value {other:?} for force: expected true or false"
+            )));
+        }
+    };
+    if view == View::Scale {
+        return Err(ApiError::bad_request(
+            "server-side apply through the scale subresource is not supported; apply spec.replicas to the resource itself",
+        ));
+    }
+    let mut config = decode_object("application/yaml", body)?;
+    for (field, what) in [("kind", "Kind"), ("apiVersion", "Version")] {
+        if config
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "Object '{what}' is missing in '{}'",
+                String::from_utf8_lossy(body).trim()
+            )));
+        }
+    }
+    check_type(target, &mut config)?;
+    if config["metadata"].get("managedFields").is_some() {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    match meta_str(&config, "name") {
+        None | Some("") => {
+            metadata_mut(&mut config).insert("name".into(), target.name().into());
+        }
+        Some(n) if n != target.name() => {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({})",
+                target.name()
+            )));
+        }
+        Some(_) => {}
+    }
+    check_namespace(target, &mut config)?;
+    let warnings = field_validation(target, &mut config)?;
+    let config = crate::convert::to_storage_form(&target.info, config);
+    let precondition = meta_str(&config, "resourceVersion")
+        .filter(|rv| !rv.is_empty())
+        .map(str::to_string);
+    let writer = Writer {
+        info: &target.info,
+        manager: &manager,
+        subresource: subresource_name(view),
+    };
+    for _ in 0..RETRIES {
+        let Some(current) = api.storage.get(&target.key()).await? else {
+            if view != View::Main || precondition.is_some() {
+                return Err(target.not_found());
+            }
+            let obj = managed::apply(&writer, None, &config, force)?;
+            match create_object(api, target, obj, &warnings, None).await {
+                Err(err) if err.reason == "AlreadyExists" => continue,
+                other => return other,
+            }
+        };
+        if let Some(rv) = &precondition
+            && *rv != current.mod_revision.to_string()
+        {
+            return Err(ApiError::modified(
+                &target.info.plural,
+                &target.info.group,
+                target.name(),
+            ));
+        }
+        let old = to_output(&current)?;
+        let new = managed::apply(&writer, Some(&old), &config, force)?;
+        if let Some(stored) = commit(api, target, &current, new, view, None).await? {
             let resp = json_response(200, &view.present(&target.info, &stored)?);
             return Ok(with_warnings(resp, &warnings));
         }

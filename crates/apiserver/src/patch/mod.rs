@@ -1,5 +1,5 @@
 //! Patch formats: JSON Patch (RFC 6902), JSON merge patch (RFC 7386) and strategic merge patch (built-in
-//! kinds, `strategic.rs`). Server-side apply is refused with 415 until its module lands.
+//! kinds, `strategic.rs`). Server-side apply (`application/apply-patch+yaml`) is `crate::managed`'s.
 
 pub mod strategic;
 
@@ -12,6 +12,8 @@ pub enum PatchKind {
     Json,
     Merge,
     Strategic,
+    /// Server-side apply, handled by `crate::managed`.
+    Apply,
 }
 
 impl PatchKind {
@@ -20,11 +22,12 @@ impl PatchKind {
             "application/json-patch+json" => Ok(PatchKind::Json),
             "application/merge-patch+json" => Ok(PatchKind::Merge),
             "application/strategic-merge-patch+json" => Ok(PatchKind::Strategic),
+            "application/apply-patch+yaml" => Ok(PatchKind::Apply),
             other => Err(ApiError {
                 code: 415,
                 reason: "UnsupportedMediaType",
                 message: format!(
-                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json ({other})"
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml ({other})"
                 ),
                 details: None,
             }),
@@ -41,6 +44,9 @@ pub fn apply(
     definition: Option<&str>,
 ) -> Result<Value, ApiError> {
     match kind {
+        PatchKind::Apply => Err(ApiError::internal(
+            "server-side apply is not a patch of the current object",
+        )),
         PatchKind::Strategic => {
             let catalog = crate::schema::catalog();
             let Some(def) = definition.filter(|d| catalog.get(d).is_some()) else {
@@ -122,7 +128,11 @@ mod tests {
             400
         );
         assert_eq!(
-            PatchKind::from_content_type("application/apply-patch+yaml")
+            PatchKind::from_content_type("application/apply-patch+yaml").unwrap(),
+            PatchKind::Apply
+        );
+        assert_eq!(
+            PatchKind::from_content_type("application/apply-patch+cbor")
                 .unwrap_err()
                 .code,
             415

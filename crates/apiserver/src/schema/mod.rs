@@ -84,6 +84,8 @@ pub struct Field {
     pub patch_strategy: Option<String>,
     pub list_type: Option<String>,
     pub list_map_keys: Vec<String>,
+    /// `+mapType`: `atomic` maps are owned and replaced whole by server-side apply.
+    pub map_type: Option<String>,
     /// Go always serializes the field (no `omitempty`), so an empty value is still a value.
     pub required: bool,
 }
@@ -92,6 +94,8 @@ pub struct Field {
 #[derive(Debug, Default)]
 pub struct Type {
     pub fields: Vec<Field>,
+    /// `+structType=atomic`: server-side apply owns and replaces the whole struct.
+    pub atomic: bool,
 }
 
 impl Type {
@@ -120,6 +124,10 @@ impl Catalog {
                     types.insert(n, t);
                 }
                 current = Some((name.to_string(), Type::default()));
+            } else if line == "S atomic" {
+                if let Some((_, ty)) = current.as_mut() {
+                    ty.atomic = true;
+                }
             } else if let Some(rest) = line.strip_prefix("F ") {
                 let Some((_, ty)) = current.as_mut() else {
                     continue;
@@ -143,6 +151,7 @@ impl Catalog {
                     patch_strategy: None,
                     list_type: None,
                     list_map_keys: Vec::new(),
+                    map_type: None,
                     required: false,
                 };
                 for p in parts {
@@ -150,6 +159,7 @@ impl Catalog {
                         Some(("pmk", v)) => field.patch_merge_key = Some(v.to_string()),
                         Some(("ps", v)) => field.patch_strategy = Some(v.to_string()),
                         Some(("lt", v)) => field.list_type = Some(v.to_string()),
+                        Some(("mt", v)) => field.map_type = Some(v.to_string()),
                         Some(("lmk", v)) => {
                             field.list_map_keys = v.split(',').map(str::to_string).collect()
                         }
@@ -205,7 +215,7 @@ pub fn definition(group: &str, version: &str, kind: &str) -> String {
 }
 
 /// Types whose JSON form is not an object with the table's fields (their values are not checked).
-fn opaque(def: &str) -> bool {
+pub fn opaque(def: &str) -> bool {
     const META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.";
     matches!(
         def.strip_prefix(META),
@@ -219,6 +229,23 @@ fn opaque(def: &str) -> bool {
 }
 
 impl Catalog {
+    /// The field of `def` with this JSON name, Go-embedded structs' fields included.
+    pub fn field(&self, def: &str, name: &str) -> Option<&Field> {
+        let ty = self.get(def)?;
+        for f in &ty.fields {
+            match (&f.json, &f.reference) {
+                (Some(n), _) if n == name => return Some(f),
+                (None, Some(r)) => {
+                    if let Some(found) = self.field(r, name) {
+                        return Some(found);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
     /// The fields of `def` by JSON name, Go-embedded structs' fields included.
     fn json_fields<'a>(&'a self, def: &str, out: &mut HashMap<&'a str, &'a Field>) {
         let Some(ty) = self.get(def) else { return };

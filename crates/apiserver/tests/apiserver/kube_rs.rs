@@ -135,3 +135,127 @@ per_backend!(
     kube_rs_reflector_survives_restart_and_compaction,
     super::watcher_survives
 );
+
+/// The API error of a kube-rs call, or a failure if it succeeded.
+fn api_error<T: std::fmt::Debug>(r: kube::Result<T>) -> Result<Box<kube::core::Status>> {
+    match r {
+        Err(kube::Error::Api(status)) => Ok(status),
+        other => anyhow::bail!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Server-side apply through kube-rs (`Patch::Apply`): create, a 409 whose causes name the field and the
+/// other manager, forcing, and the option errors upstream returns (no field manager; `force` on a
+/// non-apply patch).
+async fn apply_with_kube_rs(c: Cluster) -> Result<()> {
+    let client = client(&c).await?;
+    let api: Api<ConfigMap> = Api::default_namespaced(client.clone());
+    let desired = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "applied", "labels": {"team": "a"}},
+        "data": {"mode": "fast"},
+    });
+    let created = api
+        .patch(
+            "applied",
+            &PatchParams::apply("controller-a"),
+            &Patch::Apply(&desired),
+        )
+        .await?;
+    let fields = created.metadata.managed_fields.clone().unwrap_or_default();
+    ensure!(
+        fields.len() == 1
+            && fields[0].manager.as_deref() == Some("controller-a")
+            && fields[0].operation.as_deref() == Some("Apply"),
+        "{fields:?}"
+    );
+    let mut theirs = desired.clone();
+    theirs["data"]["mode"] = "slow".into();
+    theirs["metadata"]
+        .as_object_mut()
+        .map(|m| m.remove("labels"));
+    let status = api_error(
+        api.patch(
+            "applied",
+            &PatchParams::apply("controller-b"),
+            &Patch::Apply(&theirs),
+        )
+        .await,
+    )?;
+    ensure!(
+        status.code == 409 && status.reason == "Conflict",
+        "{status:?}"
+    );
+    let causes = status.details.map(|d| d.causes).unwrap_or_default();
+    ensure!(
+        causes.len() == 1
+            && causes[0].reason == "FieldManagerConflict"
+            && causes[0].field == ".data.mode"
+            && causes[0].message == r#"conflict with "controller-a""#,
+        "{causes:?}"
+    );
+    ensure!(api.get("applied").await?.data.unwrap_or_default()["mode"] == "fast");
+    let forced = api
+        .patch(
+            "applied",
+            &PatchParams::apply("controller-b").force(),
+            &Patch::Apply(&theirs),
+        )
+        .await?;
+    ensure!(forced.data.unwrap_or_default()["mode"] == "slow");
+    ensure!(forced.metadata.labels.unwrap_or_default()["team"] == "a");
+
+    // Option errors, sent raw since kube-rs checks them client-side too.
+    let path = "/api/v1/namespaces/default/configmaps/applied";
+    let send = |query: &str, content_type: &str, body: &str| {
+        hyper::Request::builder()
+            .method("PATCH")
+            .uri(format!("{path}?{query}"))
+            .header("Content-Type", content_type)
+            .body(body.as_bytes().to_vec())
+            .expect("a request")
+    };
+    let status = api_error(
+        client
+            .request_text(send(
+                "",
+                "application/apply-patch+yaml",
+                &theirs.to_string(),
+            ))
+            .await,
+    )?;
+    ensure!(
+        status.code == 422
+            && status.message
+                == r#"PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch"#,
+        "{status:?}"
+    );
+    let status = api_error(
+        client
+            .request_text(send(
+                "force=true",
+                "application/merge-patch+json",
+                r#"{"data":{"x":"y"}}"#,
+            ))
+            .await,
+    )?;
+    ensure!(
+        status.code == 422
+            && status.message
+                == r#"PatchOptions.meta.k8s.io "" is invalid: force: Forbidden: may not be specified for non-apply patch"#,
+        "{status:?}"
+    );
+    let status = api_error(
+        client
+            .request_text(send(
+                "fieldManager=x",
+                "application/apply-patch+yaml",
+                "data: {a: b}",
+            ))
+            .await,
+    )?;
+    ensure!(status.code == 400, "{status:?}");
+    ensure!(api.get("applied").await?.data.unwrap_or_default().len() == 1);
+    Ok(())
+}
+per_backend!(server_side_apply_with_kube_rs, super::apply_with_kube_rs);

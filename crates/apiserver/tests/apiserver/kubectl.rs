@@ -774,3 +774,197 @@ async fn tables(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(tables_as_upstream, super::tables);
+
+const SSA: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  labels: {app: ssa, tier: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: ssa}
+  template:
+    metadata:
+      labels: {app: ssa}
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        ports:
+        - containerPort: 80
+"#;
+
+const CSA: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: csa
+  labels: {a: "1"}
+data: {k1: v1, k2: v2}
+"#;
+
+/// The managers of `path` (`["f:spec", "f:replicas"]`) in an object's managedFields.
+fn owners(obj: &serde_json::Value, path: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let mut at = &entry["fieldsV1"];
+        for pe in path {
+            at = &at[*pe];
+        }
+        if !at.is_null() {
+            let op = entry["operation"].as_str().unwrap_or("");
+            out.push(format!("{}/{op}", entry["manager"].as_str().unwrap_or("")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `kubectl apply --server-side`: creation, ownership in managedFields, a conflict with another manager
+/// (upstream's message), `--force-conflicts`, pruning of fields the applier dropped, a conflict with
+/// `kubectl scale`, and the move from client-side apply without conflicts.
+async fn server_side_apply(c: Cluster) -> Result<()> {
+    let out = c.kubectl_in(&["apply", "--server-side", "-f", "-"], SSA)?;
+    ensure!(
+        out.contains("deployment.apps/ssa serverside-applied"),
+        "{out}"
+    );
+    let get = || json(&c, &["get", "deploy", "ssa", "--show-managed-fields"]);
+    let d = get()?;
+    ensure!(
+        owners(&d, &["f:spec", "f:replicas"]) == ["kubectl/Apply"],
+        "{}",
+        d["metadata"]
+    );
+    // Defaults belong to nobody; the container is owned by its key.
+    ensure!(owners(&d, &["f:spec", "f:strategy"]).is_empty());
+    ensure!(
+        owners(
+            &d,
+            &[
+                "f:spec",
+                "f:template",
+                "f:spec",
+                "f:containers",
+                r#"k:{"name":"web"}"#,
+                "f:image"
+            ]
+        ) == ["kubectl/Apply"]
+    );
+    ensure!(d["spec"]["strategy"]["type"] == "RollingUpdate");
+
+    let three = SSA.replace("replicas: 2", "replicas: 3");
+    let e = c.kubectl_err(
+        &["apply", "--server-side", "--field-manager=ci", "-f", "-"],
+        Some(&three),
+    )?;
+    ensure!(
+        e.contains(r#"Apply failed with 1 conflict: conflict with "kubectl": .spec.replicas"#)
+            && e.contains("--force-conflicts"),
+        "{e}"
+    );
+    ensure!(get()?["spec"]["replicas"] == 2);
+    let out = c.kubectl_in(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=ci",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        &three,
+    )?;
+    ensure!(out.contains("serverside-applied"), "{out}");
+    let d = get()?;
+    ensure!(d["spec"]["replicas"] == 3);
+    ensure!(owners(&d, &["f:spec", "f:replicas"]) == ["ci/Apply"]);
+    // ci applied the same labels: now shared.
+    ensure!(owners(&d, &["f:metadata", "f:labels", "f:tier"]) == ["ci/Apply", "kubectl/Apply"]);
+
+    // kubectl drops replicas and a label from its configuration: replicas stay (ci owns them), the label
+    // too while ci still applies it.
+    let smaller = SSA
+        .replace("  replicas: 2\n", "")
+        .replace("{app: ssa, tier: web}", "{app: ssa, extra: x}");
+    c.kubectl_in(&["apply", "--server-side", "-f", "-"], &smaller)?;
+    let d = get()?;
+    ensure!(d["spec"]["replicas"] == 3, "{}", d["spec"]);
+    ensure!(
+        d["metadata"]["labels"] == serde_json::json!({"app": "ssa", "tier": "web", "extra": "x"}),
+        "tier is still ci's: {}",
+        d["metadata"]["labels"]
+    );
+    let ci_only =
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: ssa\nspec:\n  replicas: 3\n";
+    c.kubectl_in(
+        &["apply", "--server-side", "--field-manager=ci", "-f", "-"],
+        ci_only,
+    )?;
+    let d = get()?;
+    ensure!(
+        d["metadata"]["labels"] == serde_json::json!({"app": "ssa", "extra": "x"}),
+        "pruned once nobody applies it: {}",
+        d["metadata"]["labels"]
+    );
+
+    // An imperative writer owns what it changed; applying over it conflicts.
+    c.kubectl(&["scale", "deploy", "ssa", "--replicas=4"])?;
+    let e = c.kubectl_err(
+        &["apply", "--server-side", "--field-manager=ci", "-f", "-"],
+        Some(ci_only),
+    )?;
+    ensure!(
+        e.contains(
+            r#"conflict with "kubectl" with subresource "scale" using apps/v1: .spec.replicas"#
+        ),
+        "{e}"
+    );
+    let e = c.kubectl_err(
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=ci",
+            "-f",
+            "-",
+        ],
+        Some(ci_only),
+    )?;
+    ensure!(e.contains("conflict"), "{e}");
+    ensure!(get()?["spec"]["replicas"] == 4);
+
+    // From client-side to server-side apply: kubectl may take the fields it applied client-side.
+    c.kubectl_in(&["apply", "-f", "-"], CSA)?;
+    let changed = CSA.replace("k1: v1", "k1: changed");
+    let out = c.kubectl_in(&["apply", "--server-side", "-f", "-"], &changed)?;
+    ensure!(out.contains("configmap/csa serverside-applied"), "{out}");
+    let cm = json(&c, &["get", "cm", "csa", "--show-managed-fields"])?;
+    ensure!(cm["data"] == serde_json::json!({"k1": "changed", "k2": "v2"}));
+    let last = cm["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+        .as_str()
+        .unwrap_or("");
+    ensure!(last.contains(r#""k1":"changed""#), "{last}");
+    ensure!(
+        owners(&cm, &["f:data", "f:k1"]) == ["kubectl/Apply"],
+        "kubectl moved the client-side fields to its apply entry: {}",
+        cm["metadata"]["managedFields"]
+    );
+    // And back: client-side apply still works from the annotation kept in step.
+    let out = c.kubectl_in(&["apply", "-f", "-"], &changed.replace("k2: v2", "k3: v3"))?;
+    ensure!(out.contains("configmap/csa configured"), "{out}");
+    let cm = json(&c, &["get", "cm", "csa"])?;
+    ensure!(
+        cm["data"] == serde_json::json!({"k1": "changed", "k3": "v3"}),
+        "{}",
+        cm["data"]
+    );
+    Ok(())
+}
+per_backend!(apply_server_side, super::server_side_apply);
