@@ -3,6 +3,7 @@
 
 pub mod apiserver;
 pub mod etcdctl;
+pub mod kubelet_api;
 pub mod process;
 pub mod store;
 

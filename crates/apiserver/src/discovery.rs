@@ -187,6 +187,15 @@ fn subresource_kind(info: &ResourceInfo, sub: Subresource) -> (String, String, S
         Subresource::Scale => ("autoscaling".into(), "v1".into(), "Scale".into()),
         Subresource::Binding => ("".into(), "v1".into(), "Binding".into()),
         Subresource::Eviction => ("policy".into(), "v1".into(), "Eviction".into()),
+        Subresource::Log => (String::new(), "v1".into(), "Pod".into()),
+        Subresource::Exec => (String::new(), "v1".into(), "PodExecOptions".into()),
+        Subresource::Attach => (String::new(), "v1".into(), "PodAttachOptions".into()),
+        Subresource::PortForward => (String::new(), "v1".into(), "PodPortForwardOptions".into()),
+        Subresource::Proxy => (
+            String::new(),
+            "v1".into(),
+            format!("{}ProxyOptions", info.kind),
+        ),
     }
 }
 

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod crd_schema;
 pub mod discovery;
 pub mod handlers;
+pub mod kubelet;
 pub mod managed;
 pub mod meta;
 pub mod metrics;
@@ -133,6 +134,7 @@ pub async fn run_with_readiness(
         watch_cache: watchcache::WatchCache::default(),
         advertise: format!("{advertise_str}:{port}"),
         ready: ready.clone(),
+        kubelet: Some(kubelet::KubeletClient::new(&pki).map_err(Error::Tls)?),
     });
     // Custom resources are served once their CRDs are loaded; a watch keeps following them.
     loop {

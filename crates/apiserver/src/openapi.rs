@@ -459,7 +459,13 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
                             gvk("autoscaling", "v1", "Scale"),
                         )
                     }
-                    Subresource::Binding | Subresource::Eviction => continue,
+                    Subresource::Binding
+                    | Subresource::Eviction
+                    | Subresource::Log
+                    | Subresource::Exec
+                    | Subresource::Attach
+                    | Subresource::PortForward
+                    | Subresource::Proxy => continue,
                 };
                 let mut s = operations(r, flavor, &sub_def, &sub_kind, true, Some(sub.name()));
                 s["parameters"] = json!(item_params);

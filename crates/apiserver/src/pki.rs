@@ -38,6 +38,9 @@ pub struct Pki {
     pub client_ca_pem: String,
     pub serving_cert_pem: String,
     pub serving_key_pem: String,
+    /// The client certificate the apiserver presents to kubelets.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
     pub tls_dir: PathBuf,
 }
 
@@ -238,36 +241,18 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
         }
     };
 
-    let (admin_crt, admin_key) = (tls.join("client-admin.crt"), tls.join("client-admin.key"));
-    let (admin_cert, admin_key_pem) = match (
-        std::fs::read_to_string(&admin_crt),
-        std::fs::read_to_string(&admin_key),
-    ) {
-        (Ok(c), Ok(k)) => (c, k),
-        _ => {
-            let mut params = CertificateParams::default();
-            params
-                .distinguished_name
-                .push(DnType::CommonName, "system:admin");
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, "system:masters");
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            let (c, k) = issue(
-                &client_ca,
-                &client_ca_key,
-                &mut params,
-                "the admin certificate",
-            )?;
-            write_private(&admin_key, &k, 0o600)?;
-            write_private(&admin_crt, &c, 0o644)?;
-            (c, k)
-        }
+    let client = |file: &str, cn: &str, what: &'static str| {
+        client_cert(&tls, (&client_ca, &client_ca_key), file, cn, what)
     };
+    let (admin_cert, admin_key_pem) =
+        client("client-admin", "system:admin", "the admin certificate")?;
+    // What the apiserver presents to kubelets (logs, exec, port-forward, node proxy), as K3s's
+    // `client-kube-apiserver`.
+    let (kubelet_client_cert_pem, kubelet_client_key_pem) = client(
+        "client-kube-apiserver",
+        "system:apiserver",
+        "the apiserver's kubelet client certificate",
+    )?;
     let kubeconfig = kubeconfig(server_url, &server_ca, &admin_cert, &admin_key_pem);
     write_private(&cred.join("admin.kubeconfig"), &kubeconfig, 0o600)?;
     Ok(Pki {
@@ -275,8 +260,42 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
         client_ca_pem: client_ca,
         serving_cert_pem: serving_cert,
         serving_key_pem: serving_key,
+        kubelet_client_cert_pem,
+        kubelet_client_key_pem,
         tls_dir: tls,
     })
+}
+
+/// Loads or issues `<tls>/<file>.crt|key`, a client certificate (`CN=cn`, `O=system:masters`) from the
+/// client CA.
+fn client_cert(
+    tls: &Path,
+    (ca, ca_key): (&str, &KeyPair),
+    file: &str,
+    cn: &str,
+    what: &'static str,
+) -> Result<(String, String), PkiError> {
+    let (crt, key) = (
+        tls.join(format!("{file}.crt")),
+        tls.join(format!("{file}.key")),
+    );
+    if let (Ok(c), Ok(k)) = (std::fs::read_to_string(&crt), std::fs::read_to_string(&key)) {
+        return Ok((c, k));
+    }
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let (c, k) = issue(ca, ca_key, &mut params, what)?;
+    write_private(&key, &k, 0o600)?;
+    write_private(&crt, &c, 0o644)?;
+    Ok((c, k))
 }
 
 /// A kubeconfig with embedded certificates (K3s's `default` cluster/context/user names).

@@ -13,6 +13,8 @@ pub struct RequestInfo {
     pub resource: String,
     pub name: Option<String>,
     pub subresource: Option<String>,
+    /// For `…/proxy/<path>`: the path after `proxy` (with its leading `/`; empty for none).
+    pub proxy_path: Option<String>,
     /// get, list, watch, create, update, patch, delete, deletecollection
     pub verb: &'static str,
 }
@@ -45,8 +47,15 @@ pub fn parse(method: &Method, path: &str, query: &Query) -> Option<RequestInfo> 
         [r] => (*r, None, None),
         [r, n] => (*r, Some(*n), None),
         [r, n, s] => (*r, Some(*n), Some(*s)),
+        [r, n, "proxy", ..] => (*r, Some(*n), Some("proxy")),
         _ => return None,
     };
+    let proxy_path = (subresource == Some("proxy")).then(|| {
+        let marker = format!("/{}/proxy", name.unwrap_or(""));
+        path.find(&marker)
+            .map(|i| path[i + marker.len()..].to_string())
+            .unwrap_or_default()
+    });
     let watching = watch_path || query.flag("watch");
     let verb = match *method {
         Method::GET | Method::HEAD if watching => "watch",
@@ -66,6 +75,7 @@ pub fn parse(method: &Method, path: &str, query: &Query) -> Option<RequestInfo> 
         resource: resource.to_string(),
         name: name.map(str::to_string),
         subresource: subresource.map(str::to_string),
+        proxy_path,
         verb,
     })
 }
@@ -145,5 +155,12 @@ mod tests {
         .unwrap();
         assert_eq!(i.subresource.as_deref(), Some("scale"));
         assert!(info(Method::GET, "/version", "").is_none());
+        let i = info(Method::GET, "/api/v1/nodes/n1/proxy/configz/x", "").unwrap();
+        assert_eq!(
+            (i.subresource.as_deref(), i.proxy_path.as_deref()),
+            (Some("proxy"), Some("/configz/x"))
+        );
+        let i = info(Method::GET, "/api/v1/nodes/n1/proxy", "").unwrap();
+        assert_eq!(i.proxy_path.as_deref(), Some(""));
     }
 }

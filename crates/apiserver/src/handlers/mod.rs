@@ -4,6 +4,7 @@
 mod delete;
 mod list;
 mod pods;
+mod proxy;
 mod read;
 mod subresource;
 mod watch;

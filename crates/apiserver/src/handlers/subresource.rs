@@ -154,6 +154,19 @@ pub async fn serve(
     req: Request<Incoming>,
     sub: &str,
 ) -> Result<Response<Body>, ApiError> {
+    let served_by_kubelet = match sub {
+        "log" => Some(Subresource::Log),
+        "exec" => Some(Subresource::Exec),
+        "attach" => Some(Subresource::Attach),
+        "portforward" => Some(Subresource::PortForward),
+        "proxy" => Some(Subresource::Proxy),
+        _ => None,
+    };
+    if let Some(s) = served_by_kubelet
+        && target.info.has(s)
+    {
+        return super::proxy::serve(api, target, req, sub).await;
+    }
     let view = match sub {
         "status" if target.info.has(Subresource::Status) => View::Status,
         "scale" if target.info.has(Subresource::Scale) => View::Scale,

@@ -3,7 +3,7 @@
 use super::{NameRule, ResourceInfo, Subresource};
 
 use NameRule::{Label, Label1035, PathSegment, Subdomain};
-use Subresource::{Binding, Eviction, Scale, Status};
+use Subresource::{Attach, Binding, Eviction, Exec, Log, PortForward, Proxy, Scale, Status};
 
 /// (group, version, kind, plural, short names, categories, namespaced, etcd prefix, subresources, name rule)
 type Row = (
@@ -24,10 +24,10 @@ const ALL: &[&str] = &["all"];
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
     ("", "v1", "Namespace", "namespaces", &["ns"], &[], false, "namespaces", &[Status], Label),
-    ("", "v1", "Pod", "pods", &["po"], ALL, true, "pods", &[Status, Binding, Eviction], Subdomain),
+    ("", "v1", "Pod", "pods", &["po"], ALL, true, "pods", &[Status, Binding, Eviction, Log, Exec, Attach, PortForward], Subdomain),
     ("", "v1", "Service", "services", &["svc"], ALL, true, "services/specs", &[Status], Label1035),
     ("", "v1", "Endpoints", "endpoints", &["ep"], &[], true, "services/endpoints", &[], Subdomain),
-    ("", "v1", "Node", "nodes", &["no"], &[], false, "minions", &[Status], Subdomain),
+    ("", "v1", "Node", "nodes", &["no"], &[], false, "minions", &[Status, Proxy], Subdomain),
     ("", "v1", "ConfigMap", "configmaps", &["cm"], &[], true, "configmaps", &[], Subdomain),
     ("", "v1", "Secret", "secrets", &[], &[], true, "secrets", &[], Subdomain),
     ("", "v1", "ServiceAccount", "serviceaccounts", &["sa"], &[], true, "serviceaccounts", &[], Subdomain),

@@ -32,6 +32,14 @@ pub enum Subresource {
     Binding,
     /// `pods/eviction`: deletes a pod unless a PodDisruptionBudget forbids it.
     Eviction,
+    /// `pods/log`: the container's log, streamed from its kubelet.
+    Log,
+    /// `pods/exec`, `pods/attach`, `pods/portforward`: connection upgrades passed through to the kubelet.
+    Exec,
+    Attach,
+    PortForward,
+    /// `nodes/proxy`: any request passed through to the node's kubelet.
+    Proxy,
 }
 
 impl Subresource {
@@ -41,6 +49,11 @@ impl Subresource {
             Subresource::Scale => "scale",
             Subresource::Binding => "binding",
             Subresource::Eviction => "eviction",
+            Subresource::Log => "log",
+            Subresource::Exec => "exec",
+            Subresource::Attach => "attach",
+            Subresource::PortForward => "portforward",
+            Subresource::Proxy => "proxy",
         }
     }
 
@@ -49,6 +62,11 @@ impl Subresource {
         match self {
             Subresource::Status | Subresource::Scale => SUBRESOURCE_VERBS,
             Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Log => &["get"],
+            Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
+                &["create", "get"]
+            }
+            Subresource::Proxy => &["create", "delete", "get", "patch", "update"],
         }
     }
 }

@@ -6,6 +6,7 @@ mod crd;
 mod errors;
 mod kube_rs;
 mod kubectl;
+mod kubelet_proxy;
 mod semantics;
 
 use std::time::Duration;

@@ -1,0 +1,448 @@
+//! Subresources the kubelet serves: `pods/log` (streamed), `pods/exec`, `pods/attach` and
+//! `pods/portforward` (connection upgrades — WebSocket or SPDY — passed through byte for byte) and
+//! `nodes/proxy` (any request). The apiserver finds the pod's node, checks the container as upstream does
+//! and forwards to the kubelet's paths (`/containerLogs/…`, `/exec/…`, `/attach/…`, `/portForward/…`).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{Body, Target, to_output};
+use crate::api::Api;
+use crate::status::{ApiError, Cause};
+
+/// Headers that belong to one connection and are not forwarded (upgrade headers are handled apart).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+pub async fn serve(
+    api: &Api,
+    target: Target,
+    req: Request<Incoming>,
+    sub: &str,
+) -> Result<Response<Body>, ApiError> {
+    let Some(kubelet) = api.kubelet.as_ref() else {
+        return Err(ApiError::unavailable("no kubelet client is configured"));
+    };
+    match (target.info.kind.as_str(), sub) {
+        ("Node", "proxy") => {
+            let node = get(api, &target).await?;
+            let (host, port) = node_endpoint(&node, target.name())?;
+            let path = target.req.proxy_path.clone().unwrap_or_default();
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
+            forward(kubelet, req, &host, port, &path).await
+        }
+        ("Pod", "log") => {
+            if target.req.verb != "get" {
+                return Err(not_allowed(&target, sub));
+            }
+            log(api, kubelet, &target).await
+        }
+        ("Pod", "exec" | "attach" | "portforward") => {
+            if !is_upgrade(req.headers()) {
+                return Err(ApiError::bad_request("Upgrade request required"));
+            }
+            let pod = get(api, &target).await?;
+            let name = target.name();
+            let ns = target.namespace().unwrap_or("");
+            let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+            let path = match sub {
+                "portforward" => format!("/portForward/{ns}/{name}"),
+                _ => {
+                    if let Some(phase @ ("Succeeded" | "Failed")) = phase {
+                        let what = if sub == "exec" {
+                            "exec into"
+                        } else {
+                            "attach to"
+                        };
+                        return Err(ApiError::bad_request(format!(
+                            "cannot {what} a container in a completed pod; current phase is {phase}"
+                        )));
+                    }
+                    let container = container(&pod, name, target.query.get("container"))?;
+                    format!("/{sub}/{ns}/{name}/{container}")
+                }
+            };
+            let node = node_of(api, &pod, name).await?;
+            let (host, port) = node_endpoint(&node, &node_name(&pod))?;
+            let path = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            forward(kubelet, req, &host, port, &path).await
+        }
+        _ => Err(ApiError::route_not_found()),
+    }
+}
+
+fn not_allowed(target: &Target, sub: &str) -> ApiError {
+    ApiError::method_not_allowed(
+        target.req.verb,
+        &format!("{}/{sub}", target.info.plural),
+        &target.info.group,
+    )
+}
+
+async fn get(api: &Api, target: &Target) -> Result<Value, ApiError> {
+    let stored = api
+        .storage
+        .get(&target.key())
+        .await?
+        .ok_or_else(|| target.not_found())?;
+    to_output(&stored)
+}
+
+fn node_name(pod: &Value) -> String {
+    pod.pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The Node a pod runs on (400 when it has none yet, as upstream's stream locations).
+async fn node_of(api: &Api, pod: &Value, pod_name: &str) -> Result<Value, ApiError> {
+    let node = node_name(pod);
+    if node.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "pod {pod_name} does not have a host assigned"
+        )));
+    }
+    let stored = api
+        .storage
+        .get(&format!("/registry/minions/{node}"))
+        .await?
+        .ok_or_else(|| ApiError::not_found("nodes", "", &node))?;
+    to_output(&stored)
+}
+
+fn node_endpoint(node: &Value, name: &str) -> Result<(String, u16), ApiError> {
+    crate::kubelet::endpoint(node).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "no preferred addresses found for node {name:?}; known addresses: {}",
+            node.pointer("/status/addresses").unwrap_or(&Value::Null)
+        ))
+    })
+}
+
+/// The container a request addresses: the named one (which must exist), else the pod's only container
+/// (upstream's `validateContainer`).
+fn container(pod: &Value, pod_name: &str, wanted: Option<&str>) -> Result<String, ApiError> {
+    let names = |field: &str| -> Vec<String> {
+        pod.pointer(&format!("/spec/{field}"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    let containers = names("containers");
+    let init = names("initContainers");
+    let ephemeral = names("ephemeralContainers");
+    match wanted.filter(|w| !w.is_empty()) {
+        Some(w) => {
+            if containers
+                .iter()
+                .chain(&init)
+                .chain(&ephemeral)
+                .any(|c| c == w)
+            {
+                Ok(w.to_string())
+            } else {
+                Err(ApiError::bad_request(format!(
+                    "container {w} is not valid for pod {pod_name}"
+                )))
+            }
+        }
+        None => match containers.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => Err(ApiError::bad_request(format!(
+                "a container name must be specified for pod {pod_name}"
+            ))),
+            many => {
+                let mut msg = format!(
+                    "a container name must be specified for pod {pod_name}, choose one of: [{}]",
+                    many.join(" ")
+                );
+                if !init.is_empty() {
+                    msg.push_str(&format!(
+                        " or one of the init containers: [{}]",
+                        init.join(" ")
+                    ));
+                }
+                if !ephemeral.is_empty() {
+                    msg.push_str(&format!(
+                        " or one of the ephemeral containers: [{}]",
+                        ephemeral.join(" ")
+                    ));
+                }
+                Err(ApiError::bad_request(msg))
+            }
+        },
+    }
+}
+
+/// `PodLogOptions` validation, then the kubelet's log stream.
+async fn log(
+    api: &Api,
+    kubelet: &crate::kubelet::KubeletClient,
+    target: &Target,
+) -> Result<Response<Body>, ApiError> {
+    let q = &target.query;
+    let name = target.name();
+    let mut causes = Vec::new();
+    let mut params: Vec<(&str, String)> = Vec::new();
+    for flag in ["follow", "previous", "timestamps"] {
+        if q.flag(flag) {
+            params.push((flag, "true".into()));
+        }
+    }
+    for (field, min) in [("sinceSeconds", 1), ("tailLines", 0), ("limitBytes", 1)] {
+        let Some(raw) = q.get(field) else { continue };
+        match raw.parse::<i64>() {
+            Ok(n) if n >= min => params.push((field, n.to_string())),
+            Ok(n) => causes.push(Cause::invalid(
+                field,
+                &Value::from(n),
+                if min == 0 {
+                    "must be greater than or equal to 0"
+                } else {
+                    "must be greater than 0"
+                },
+            )),
+            Err(_) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid value {raw:?} for {field}: expected an integer"
+                )));
+            }
+        }
+    }
+    if let Some(t) = q.get("sinceTime") {
+        if q.get("sinceSeconds").is_some() {
+            causes.push(Cause::forbidden(
+                "",
+                "at most one of `sinceTime` or `sinceSeconds` may be specified",
+            ));
+        }
+        params.push(("sinceTime", t.to_string()));
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid("PodLogOptions", "", name, causes));
+    }
+    let pod = get(api, target).await?;
+    let container = container(&pod, name, q.get("container"))?;
+    if node_name(&pod).is_empty() {
+        // Not scheduled: no log yet (upstream streams nothing).
+        return Ok(Response::builder()
+            .status(200)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Empty::new().boxed())
+            .unwrap_or_default());
+    }
+    let node = node_of(api, &pod, name).await?;
+    let (host, port) = node_endpoint(&node, &node_name(&pod))?;
+    let ns = target.namespace().unwrap_or("");
+    let mut path = format!("/containerLogs/{ns}/{name}/{container}");
+    if !params.is_empty() {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in &params {
+            query.append_pair(k, v);
+        }
+        path.push('?');
+        path.push_str(&query.finish());
+    }
+    let req = Request::builder()
+        .method("GET")
+        .uri(&path)
+        .header(header::HOST, format!("{host}:{port}"))
+        .body(Empty::<Bytes>::new())
+        .map_err(ApiError::internal)?;
+    let resp = kubelet
+        .send(&host, port, req)
+        .await
+        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)])
+            .trim()
+            .to_string();
+        return Err(match status.as_u16() {
+            400 => ApiError::bad_request(text),
+            500 => ApiError::internal(text),
+            code => ApiError {
+                code,
+                reason: if code == 404 {
+                    "NotFound"
+                } else {
+                    "InternalError"
+                },
+                message: format!("{text} (get pods/log {name})"),
+                details: None,
+            },
+        });
+    }
+    let content_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("text/plain"));
+    Ok(Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, content_type)
+        .body(stream(resp.into_body()))
+        .unwrap_or_default())
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && headers.contains_key(header::UPGRADE)
+}
+
+/// Streams a kubelet response body to the client as it arrives.
+fn stream(mut body: Incoming) -> Body {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(async move {
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data()
+                && tx.send(Ok(Frame::data(data))).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    StreamBody::new(ReceiverStream::new(rx)).boxed()
+}
+
+/// Forwards `req` to the kubelet at `path` (with query): an upgrade is completed on both sides and the
+/// two connections spliced; anything else streams back as the kubelet answered.
+async fn forward(
+    kubelet: &crate::kubelet::KubeletClient,
+    mut req: Request<Incoming>,
+    host: &str,
+    port: u16,
+    path: &str,
+) -> Result<Response<Body>, ApiError> {
+    let upgrade = is_upgrade(req.headers());
+    let mut out = Request::builder()
+        .method(req.method().clone())
+        .uri(path)
+        .header(header::HOST, format!("{host}:{port}"));
+    for (k, v) in req.headers() {
+        let name = k.as_str();
+        if HOP_BY_HOP.contains(&name) || name == "authorization" || name.starts_with("impersonate-")
+        {
+            continue;
+        }
+        out = out.header(k, v);
+    }
+    let client_upgrade = if upgrade {
+        out = out.header(header::CONNECTION, "Upgrade").header(
+            header::UPGRADE,
+            req.headers()
+                .get(header::UPGRADE)
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("")),
+        );
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let body = if upgrade {
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed()
+    } else {
+        req.into_body().boxed()
+    };
+    let out = out.body(body).map_err(ApiError::internal)?;
+    let mut resp = kubelet
+        .send(host, port, out)
+        .await
+        .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
+    let mut builder = Response::builder().status(resp.status());
+    for (k, v) in resp.headers() {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS && HOP_BY_HOP.contains(&k.as_str()) {
+            continue;
+        }
+        builder = builder.header(k, v);
+    }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let (client, backend) = match tokio::try_join!(client_upgrade, backend_upgrade) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    tracing::debug!(%err, "upgrade to the kubelet failed");
+                    return;
+                }
+            };
+            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+            if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                tracing::debug!(%err, "upgraded stream ended");
+            }
+        });
+        return builder
+            .body(Empty::new().boxed())
+            .map_err(ApiError::internal);
+    }
+    builder
+        .body(stream(resp.into_body()))
+        .map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn containers_default_and_are_checked() {
+        let one = json!({"spec": {"containers": [{"name": "a"}]}});
+        assert_eq!(container(&one, "p", None).unwrap(), "a");
+        assert_eq!(
+            container(&one, "p", Some("b")).unwrap_err().message,
+            "container b is not valid for pod p"
+        );
+        let two = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}], "initContainers": [{"name": "i"}]}});
+        assert_eq!(
+            container(&two, "p", None).unwrap_err().message,
+            "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"
+        );
+        assert_eq!(container(&two, "p", Some("i")).unwrap(), "i");
+    }
+}
