@@ -248,9 +248,11 @@ fn scalar(k: &str) -> Option<&'static str> {
     })
 }
 
-/// prost messages per type from k8s-pb: definition → fields.
-/// Message fields by definition name, and the messages marked `+structType=atomic`.
-type Messages = (BTreeMap<String, Vec<Field>>, std::collections::HashSet<String>);
+/// k8s-pb's prost messages: fields by definition name, and the messages marked `+structType=atomic`.
+type Messages = (
+    BTreeMap<String, Vec<Field>>,
+    std::collections::HashSet<String>,
+);
 
 /// Every k8s-pb message's fields, and the messages marked `+structType=atomic` (apply replaces them whole).
 fn proto_messages(root: &Path) -> Result<Messages> {
