@@ -52,10 +52,103 @@ fn check_type(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Unknown fields under `fieldValidation` (default `Warn`): `Strict` fails the request as upstream's strict
-/// decoding does; otherwise they are dropped (as decoding into the typed object drops them), with a
-/// warning for the `Warning` header under `Warn`.
-pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>, ApiError> {
+/// The paths of keys a JSON body repeats within one object (`spec.containers[0].image`), as upstream's
+/// strict JSON decoding reports them. Bodies that are not JSON have none (YAML duplicates fail to decode).
+pub fn duplicate_fields(content_type: &str, body: &[u8]) -> Vec<String> {
+    use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Walk<'a> {
+        path: String,
+        out: &'a RefCell<Vec<String>>,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = if self.path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.path)
+                };
+                if !seen.insert(key) {
+                    self.out.borrow_mut().push(path.clone());
+                }
+                map.next_value_seed(Walk {
+                    path,
+                    out: self.out,
+                })?;
+            }
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            while seq
+                .next_element_seed(Walk {
+                    path: format!("{}[{i}]", self.path),
+                    out: self.out,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+    }
+
+    let json = matches!(content_type, "application/json" | "" | "*/*")
+        || body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    if !json {
+        return Vec::new();
+    }
+    let out = RefCell::new(Vec::new());
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let seed = Walk {
+        path: String::new(),
+        out: &out,
+    };
+    if seed.deserialize(&mut de).is_err() {
+        return Vec::new();
+    }
+    out.into_inner()
+}
+
+/// Unknown and duplicate fields under `fieldValidation` (default `Warn`): `Strict` fails the request as
+/// upstream's strict decoding does; otherwise unknown fields are dropped (as decoding into the typed object
+/// drops them) and the last of duplicates wins, with a warning for the `Warning` header under `Warn`.
+pub fn field_validation(
+    target: &Target,
+    obj: &mut Value,
+    duplicates: &[String],
+) -> Result<Vec<String>, ApiError> {
     let mode = target
         .query
         .get("fieldValidation")
@@ -67,12 +160,16 @@ pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>,
         )));
     }
     let info = &target.info;
+    let duplicated = duplicates.iter().map(|p| format!("duplicate field {p:?}"));
     if let Some(custom) = &info.custom {
         // Custom resources: the CRD's schema decides what is unknown; unknown fields are pruned.
         let mut pruned = obj.clone();
-        let unknown: Vec<String> = crate::crd_schema::prune(&custom.schema, &mut pruned, true)
-            .iter()
-            .map(|p| format!("unknown field {p:?}"))
+        let unknown: Vec<String> = duplicated
+            .chain(
+                crate::crd_schema::prune(&custom.schema, &mut pruned, true)
+                    .iter()
+                    .map(|p| format!("unknown field {p:?}")),
+            )
             .collect();
         if mode == "Strict" && !unknown.is_empty() {
             return Err(strict_error(info, &unknown));
@@ -86,10 +183,13 @@ pub fn field_validation(target: &Target, obj: &mut Value) -> Result<Vec<String>,
         catalog.prune_unknown(&def, obj, true);
         return Ok(Vec::new());
     }
-    let unknown: Vec<String> = catalog
-        .unknown_fields(&def, obj, true)
-        .iter()
-        .map(|p| format!("unknown field {p:?}"))
+    let unknown: Vec<String> = duplicated
+        .chain(
+            catalog
+                .unknown_fields(&def, obj, true)
+                .iter()
+                .map(|p| format!("unknown field {p:?}")),
+        )
         .collect();
     if mode == "Strict" && !unknown.is_empty() {
         return Err(strict_error(info, &unknown));
@@ -237,7 +337,7 @@ pub async fn create(
     let manager = field_manager(target, "CreateOptions")?;
     let mut obj = decode_object(content_type, body)?;
     check_type(target, &mut obj)?;
-    let warnings = field_validation(target, &mut obj)?;
+    let warnings = field_validation(target, &mut obj, &duplicate_fields(content_type, body))?;
     let mut obj = crate::convert::to_storage_form(&target.info, obj);
     check_namespace(target, &mut obj)?;
     create_object(api, target, obj, &warnings, Some(&manager)).await
@@ -448,7 +548,7 @@ pub async fn update(
     let mut warnings = Vec::new();
     if view != View::Scale {
         check_type(target, &mut obj)?;
-        warnings = field_validation(target, &mut obj)?;
+        warnings = field_validation(target, &mut obj, &duplicate_fields(content_type, body))?;
         check_namespace(target, &mut obj)?;
     }
     let body_name = meta_str(&obj, "name").unwrap_or("").to_string();
@@ -543,7 +643,11 @@ pub async fn patch(
         let mut warnings = Vec::new();
         if view != View::Scale {
             check_type(target, &mut patched)?;
-            warnings = field_validation(target, &mut patched)?;
+            let duplicates = match kind {
+                crate::patch::PatchKind::Json => Vec::new(),
+                _ => duplicate_fields("application/json", body),
+            };
+            warnings = field_validation(target, &mut patched, &duplicates)?;
         }
         // A resourceVersion in the patch is a precondition.
         let patched_rv = meta_str(&patched, "resourceVersion").map(str::to_string);
@@ -640,7 +744,11 @@ async fn apply(
         Some(_) => {}
     }
     check_namespace(target, &mut config)?;
-    let warnings = field_validation(target, &mut config)?;
+    let warnings = field_validation(
+        target,
+        &mut config,
+        &duplicate_fields("application/apply-patch+yaml", body),
+    )?;
     let config = crate::convert::to_storage_form(&target.info, config);
     let precondition = meta_str(&config, "resourceVersion")
         .filter(|rv| !rv.is_empty())
@@ -682,4 +790,23 @@ async fn apply(
         &target.info.group,
         target.name(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_fields;
+
+    #[test]
+    fn duplicate_keys_are_found_with_their_paths() {
+        let body = br#"{"spec": {"replicas": 1, "replicas": 2, "template": {"spec": {"containers": [{"name": "a", "image": "x", "image": "y"}]}}}}"#;
+        assert_eq!(
+            duplicate_fields("application/json", body),
+            ["spec.replicas", "spec.template.spec.containers[0].image"]
+        );
+        assert!(
+            duplicate_fields("application/json", br#"{"a": {"b": 1}, "c": {"b": 2}}"#).is_empty()
+        );
+        assert!(duplicate_fields("application/yaml", b"a: 1\n").is_empty());
+        assert!(duplicate_fields("application/json", b"{").is_empty());
+    }
 }

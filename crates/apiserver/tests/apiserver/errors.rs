@@ -68,6 +68,23 @@ async fn bad_input(c: Cluster) -> Result<()> {
         "oversized: {}",
         &e[..e.len().min(300)]
     );
+    // Duplicate keys: refused under Strict, the last one wins otherwise.
+    let dup = r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"dup"},"data":{"k":"1","k":"2"}}"#;
+    let e = post(&c, &format!("{cms}?fieldValidation=Strict"), dup)?;
+    ensure!(
+        e.contains(r#"ConfigMap in version "v1" cannot be handled as a ConfigMap: strict decoding error: duplicate field "data.k""#),
+        "duplicate field: {e}"
+    );
+    let dup_file = c.data_dir().join("dup.json");
+    std::fs::write(&dup_file, dup)?;
+    c.kubectl(&[
+        "create",
+        "--raw",
+        &format!("{cms}?fieldValidation=Ignore"),
+        "-f",
+        &dup_file.display().to_string(),
+    ])?;
+    ensure!(raw(&c, &format!("{cms}/dup"))?["data"]["k"] == "2");
     let e = post(&c, "/api/v1/namespaces/default/widgets", good)?;
     ensure!(e.contains("(NotFound)"), "unknown resource: {e}");
 
