@@ -1,10 +1,12 @@
 //! The watch cache: one etcd watch per resource type, shared by every client watch of that type. Events are
 //! decoded once and fanned out (with a ring of recent events so a watcher can start from a revision a
 //! little in the past); a watcher too far behind, or a resource whose etcd watch broke, falls back to (or
-//! restarts with) a watch of its own.
+//! restarts with) a watch of its own. The same watch keeps a snapshot of the resource's objects, which
+//! serves lists at resourceVersion "0" or not older than a given revision (upstream's cached lists).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -16,6 +18,8 @@ use crate::storage::{Storage, StorageError, Stored, WatchEvent, WatchMessage, pr
 const RING: usize = 1024;
 /// Batches a slow watcher may fall behind before it is cut off (it then re-watches).
 const CHANNEL: usize = 4096;
+/// How long a list waits for the cache to reach the revision it asked for (upstream waits 3 s too).
+const FRESHNESS_WAIT: Duration = Duration::from_secs(3);
 
 /// One decoded storage event, shared by every watcher that sees it.
 #[derive(Debug)]
@@ -95,10 +99,20 @@ struct Ring {
     floor: i64,
 }
 
+/// Every object of the resource as of `revision`.
+#[derive(Debug, Default)]
+struct Snapshot {
+    items: BTreeMap<String, Arc<Stored>>,
+    revision: i64,
+}
+
 #[derive(Debug)]
 struct Hub {
     ring: parking_lot::Mutex<Ring>,
     tx: broadcast::Sender<HubMsg>,
+    snapshot: parking_lot::RwLock<Snapshot>,
+    /// The snapshot's revision, for lists waiting for it to catch up.
+    revision: tokio::sync::watch::Sender<i64>,
 }
 
 /// The per-resource hubs.
@@ -159,25 +173,7 @@ impl WatchCache {
         prefix: &str,
         after: i64,
     ) -> Option<Subscription> {
-        let hub = {
-            let mut hubs = self.hubs.lock().await;
-            match hubs.get(prefix) {
-                Some(h) if !h.closed() => h.clone(),
-                _ => {
-                    let hub = match Hub::start(storage, prefix).await {
-                        Ok(h) => h,
-                        Err(err) => {
-                            tracing::warn!(%err, prefix, "starting a shared watch failed");
-                            return None;
-                        }
-                    };
-                    hubs.insert(prefix.to_string(), hub.clone());
-                    let (runner, storage, key) = (hub.clone(), storage.clone(), prefix.to_string());
-                    tokio::spawn(async move { runner.run(&storage, &key).await });
-                    hub
-                }
-            }
-        };
+        let hub = self.hub(storage, prefix).await?;
         let ring = hub.ring.lock();
         if after < ring.floor {
             return None;
@@ -192,13 +188,69 @@ impl WatchCache {
         drop(ring);
         Some(Subscription { backlog, rx, after })
     }
+
+    /// The objects under `narrow` (within the resource's `prefix`: a namespace, or all of it) at a revision
+    /// of at least `min_revision`, with that revision; `None` when the cache cannot answer in time (the
+    /// caller reads etcd).
+    pub async fn list(
+        &self,
+        storage: &Storage,
+        prefix: &str,
+        narrow: &str,
+        min_revision: i64,
+    ) -> Option<(i64, Vec<Arc<Stored>>)> {
+        let hub = self.hub(storage, prefix).await?;
+        if min_revision > 0 {
+            let mut rx = hub.revision.subscribe();
+            let fresh = tokio::time::timeout(FRESHNESS_WAIT, rx.wait_for(|r| *r >= min_revision));
+            if !matches!(fresh.await, Ok(Ok(_))) {
+                return None;
+            }
+        }
+        if hub.closed() {
+            return None;
+        }
+        let snapshot = hub.snapshot.read();
+        let items = snapshot
+            .items
+            .range(narrow.to_string()..)
+            .take_while(|(k, _)| k.starts_with(narrow))
+            .map(|(_, v)| v.clone())
+            .collect();
+        Some((snapshot.revision, items))
+    }
+
+    /// The running hub of `prefix`, started (with its snapshot read) if there is none.
+    async fn hub(&self, storage: &Storage, prefix: &str) -> Option<Arc<Hub>> {
+        let mut hubs = self.hubs.lock().await;
+        if let Some(h) = hubs.get(prefix).filter(|h| !h.closed()) {
+            return Some(h.clone());
+        }
+        let hub = match Hub::start(storage, prefix).await {
+            Ok(h) => h,
+            Err(err) => {
+                tracing::warn!(%err, prefix, "starting a shared watch failed");
+                return None;
+            }
+        };
+        hubs.insert(prefix.to_string(), hub.clone());
+        let (runner, storage, key) = (hub.clone(), storage.clone(), prefix.to_string());
+        tokio::spawn(async move { runner.run(&storage, &key).await });
+        Some(hub)
+    }
 }
 
 impl Hub {
     async fn start(storage: &Storage, prefix: &str) -> Result<Arc<Self>, StorageError> {
-        // The current revision: the hub serves every event after it.
+        // Every object at the current revision: the hub serves every event after it.
         let end = prefix_end(prefix);
-        let head = storage.range(prefix.as_bytes(), &end, 1, 0).await?.revision;
+        let page = storage.range(prefix.as_bytes(), &end, 0, 0).await?;
+        let head = page.revision;
+        let items = page
+            .items
+            .into_iter()
+            .map(|s| (s.key.clone(), Arc::new(s)))
+            .collect();
         let (tx, _) = broadcast::channel(CHANNEL);
         Ok(Arc::new(Hub {
             ring: parking_lot::Mutex::new(Ring {
@@ -206,7 +258,42 @@ impl Hub {
                 floor: head,
             }),
             tx,
+            snapshot: parking_lot::RwLock::new(Snapshot {
+                items,
+                revision: head,
+            }),
+            revision: tokio::sync::watch::Sender::new(head),
         }))
+    }
+
+    /// Applies a batch of events to the snapshot.
+    fn record(&self, events: &[WatchEvent]) {
+        let mut snapshot = self.snapshot.write();
+        for ev in events {
+            match ev {
+                WatchEvent::Put { current, .. } => {
+                    snapshot.revision = snapshot.revision.max(current.mod_revision);
+                    snapshot
+                        .items
+                        .insert(current.key.clone(), Arc::new(current.clone()));
+                }
+                WatchEvent::Delete { key, revision, .. } => {
+                    snapshot.revision = snapshot.revision.max(*revision);
+                    snapshot.items.remove(key);
+                }
+            }
+        }
+        let revision = snapshot.revision;
+        drop(snapshot);
+        self.revision.send_replace(revision);
+    }
+
+    fn progress(&self, revision: i64) {
+        let mut snapshot = self.snapshot.write();
+        snapshot.revision = snapshot.revision.max(revision);
+        let revision = snapshot.revision;
+        drop(snapshot);
+        self.revision.send_replace(revision);
     }
 
     async fn run(self: Arc<Self>, storage: &Storage, prefix: &str) {
@@ -222,6 +309,7 @@ impl Hub {
         loop {
             match watch.next().await {
                 Ok(Some(WatchMessage::Events(events))) => {
+                    self.record(&events);
                     let decoded: Vec<Arc<Decoded>> = events
                         .into_iter()
                         .filter_map(Decoded::from_event)
@@ -239,6 +327,7 @@ impl Hub {
                     let _ = self.tx.send(HubMsg::Events(Arc::new(decoded)));
                 }
                 Ok(Some(WatchMessage::Progress(rev))) => {
+                    self.progress(rev);
                     let _ = self.tx.send(HubMsg::Progress(rev));
                 }
                 Ok(Some(WatchMessage::Compacted(_))) | Ok(None) | Err(_) => {
@@ -253,6 +342,7 @@ impl Hub {
     /// Ends the hub: current watchers end (and re-watch), the next subscriber starts a new hub.
     fn close(&self) {
         self.ring.lock().floor = i64::MAX;
+        self.snapshot.write().items.clear();
         let _ = self.tx.send(HubMsg::Closed);
     }
 

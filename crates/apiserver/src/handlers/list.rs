@@ -8,7 +8,7 @@ use super::{Body, Target, read_response, to_output};
 use crate::api::Api;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::storage::{StorageError, prefix_end};
+use crate::storage::{StorageError, Stored, prefix_end};
 
 /// The selectors and paging options of a list or watch.
 pub struct ListOptions {
@@ -233,6 +233,80 @@ pub struct Listed {
 }
 
 /// Reads a list page under `prefix` (shared with the initial state of watches).
+/// Adds one stored object to a list (stored JSON passed through under `opts.raw`, else parsed, converted and
+/// matched against the selectors); whether it was included.
+fn collect(
+    stored: &Stored,
+    opts: &ListOptions,
+    items: &mut Vec<Value>,
+    raw: &mut Vec<Vec<u8>>,
+) -> Result<bool, ApiError> {
+    if opts.raw {
+        // No selectors to evaluate: pass the stored JSON through.
+        match splice_resource_version(&stored.value, stored.mod_revision) {
+            Some(bytes) => raw.push(bytes),
+            None => raw.push(serde_json::to_vec(&to_output(stored)?).unwrap_or_default()),
+        }
+        return Ok(true);
+    }
+    let mut obj = to_output(stored)?;
+    if let Some(info) = &opts.serve {
+        obj = crate::convert::to_served_form(info, obj);
+    }
+    if opts.matches(&obj) {
+        items.push(obj);
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// The revision a list may be served from the watch cache at (upstream's cached lists): resourceVersion
+/// "0" (any), or "N" not-older-than without paging. `None`: read etcd.
+fn cacheable(opts: &ListOptions) -> Option<i64> {
+    if opts.continue_token.is_some() {
+        return None;
+    }
+    match (
+        opts.resource_version.as_deref(),
+        opts.resource_version_match.as_deref(),
+    ) {
+        (Some("0"), None | Some("NotOlderThan")) => Some(0),
+        (Some(rv), None | Some("NotOlderThan")) if opts.limit == 0 => rv.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A list from the watch cache (all items: the cache does not page, as upstream's), or `None`.
+async fn read_cached(
+    api: &Api,
+    info: &crate::resources::ResourceInfo,
+    narrow: &str,
+    opts: &ListOptions,
+) -> Result<Option<Listed>, ApiError> {
+    let Some(min) = cacheable(opts) else {
+        return Ok(None);
+    };
+    let prefix = info.list_prefix(None);
+    let Some((revision, stored)) = api
+        .watch_cache
+        .list(&api.storage, &prefix, narrow, min)
+        .await
+    else {
+        return Ok(None);
+    };
+    let (mut items, mut raw) = (Vec::new(), Vec::new());
+    for s in &stored {
+        collect(s, opts, &mut items, &mut raw)?;
+    }
+    Ok(Some(Listed {
+        items,
+        raw,
+        revision,
+        continue_token: None,
+        remaining: None,
+    }))
+}
+
 pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Listed, ApiError> {
     let (mut revision, mut start) = match &opts.continue_token {
         Some(token) => {
@@ -282,24 +356,7 @@ pub async fn read_list(api: &Api, prefix: &str, opts: &ListOptions) -> Result<Li
         let mut last_key = None;
         for stored in &page.items {
             last_key = Some(stored.key.clone());
-            if opts.raw {
-                // No selectors to evaluate: pass the stored JSON through (items counts the same).
-                match splice_resource_version(&stored.value, stored.mod_revision) {
-                    Some(bytes) => raw.push(bytes),
-                    None => raw.push(serde_json::to_vec(&to_output(stored)?).unwrap_or_default()),
-                }
-                items_len += 1;
-                if opts.limit > 0 && items_len as i64 == opts.limit {
-                    break;
-                }
-                continue;
-            }
-            let mut obj = to_output(stored)?;
-            if let Some(info) = &opts.serve {
-                obj = crate::convert::to_served_form(info, obj);
-            }
-            if opts.matches(&obj) {
-                items.push(obj);
+            if collect(stored, opts, &mut items, &mut raw)? {
                 items_len += 1;
                 if opts.limit > 0 && items_len as i64 == opts.limit {
                     break;
@@ -377,7 +434,13 @@ pub async fn list(api: &Api, target: &Target) -> Result<Response<Body>, ApiError
                 remaining: None,
             }
         }
-        _ => read_list(api, &info.list_prefix(target.namespace()), &opts).await?,
+        _ => {
+            let narrow = info.list_prefix(target.namespace());
+            match read_cached(api, info, &narrow, &opts).await? {
+                Some(listed) => listed,
+                None => read_list(api, &narrow, &opts).await?,
+            }
+        }
     };
     if opts.raw {
         return Ok(raw_list_response(info, listed));

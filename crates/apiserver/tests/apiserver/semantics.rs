@@ -3,7 +3,7 @@
 
 use anyhow::{Result, ensure};
 use k3rs_tests::Cluster;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{per_backend, raw};
 
@@ -148,6 +148,62 @@ async fn lists_and_status(c: Cluster) -> Result<()> {
         empty["items"] == json!([]) && empty["metadata"]["resourceVersion"].is_string(),
         "{empty}"
     );
+    // Lists at resourceVersion "0" come from the watch cache: everything (no paging, as upstream), at a
+    // revision at least the latest write's; "N" lists are not older than N.
+    let cached = raw(&c, &format!("{cms}?resourceVersion=0&limit=2"))?;
+    let names = |l: &Value| -> Vec<String> {
+        l["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    ensure!(
+        names(&cached) == ["p0", "p1", "p2", "p2a", "p3", "p4"]
+            && cached["metadata"].get("continue").is_none(),
+        "{cached}"
+    );
+    let made = create(
+        &c,
+        cms,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "p5"}}),
+    )?;
+    let rv5 = made["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let fresh = raw(
+        &c,
+        &format!("{cms}?resourceVersion={rv5}&resourceVersionMatch=NotOlderThan"),
+    )?;
+    ensure!(names(&fresh).contains(&"p5".to_string()), "{fresh}");
+    let listed_rv: i64 = fresh["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    ensure!(listed_rv >= rv5.parse::<i64>().unwrap_or(i64::MAX));
+    c.kubectl(&["delete", "cm", "p5"])?;
+    let other_ns = raw(
+        &c,
+        "/api/v1/namespaces/kube-public/configmaps?resourceVersion=0",
+    )?;
+    ensure!(other_ns["items"] == json!([]), "{other_ns}");
+    let labelled = raw(
+        &c,
+        &format!("{cms}?resourceVersion=0&fieldSelector=metadata.name%3Dp3"),
+    )?;
+    ensure!(names(&labelled) == ["p3"], "{labelled}");
+    let now = raw(&c, cms)?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let after_delete = raw(&c, &format!("{cms}?resourceVersion={now}"))?;
+    ensure!(
+        !names(&after_delete).contains(&"p5".to_string()),
+        "{after_delete}"
+    );
+
     let bad = c.kubectl_err(
         &["get", "--raw", &format!("{cms}?resourceVersionMatch=Exact")],
         None,
