@@ -35,6 +35,11 @@ struct Sink {
 impl Sink {
     /// Sends one event; false when the client has gone.
     async fn send(&self, kind: &str, object: &Value) -> bool {
+        self.send_line(self.line(kind, object)).await
+    }
+
+    /// One event's line as this watcher shows it (a one-row Table for `kubectl get -w`).
+    fn line(&self, kind: &str, object: &Value) -> Bytes {
         let tabled;
         let object = match &self.table {
             Some((info, include)) if matches!(kind, "ADDED" | "MODIFIED" | "DELETED") => {
@@ -46,18 +51,17 @@ impl Sink {
             }
             _ => object,
         };
-        self.send_line(event_line(kind, object)).await
+        event_line(kind, object)
     }
 
-    /// Sends a storage event as this watcher sees it; `shared` is the event when its type is the storage
+    /// A storage event's line as this watcher sees it; `shared` is the event when its type is the storage
     /// event's own, so the serialized line is made once for every watcher.
-    async fn send_event(&self, kind: &str, object: &Value, shared: Option<&Arc<Decoded>>) -> bool {
+    fn line_for(&self, kind: &str, object: &Value, shared: Option<&Arc<Decoded>>) -> Bytes {
         match shared {
             Some(ev) if self.table.is_none() => {
-                let line = ev.line.get_or_init(|| event_line(kind, object)).clone();
-                self.send_line(line).await
+                ev.line.get_or_init(|| event_line(kind, object)).clone()
             }
-            _ => self.send(kind, object).await,
+            _ => self.line(kind, object),
         }
     }
 
@@ -199,12 +203,20 @@ pub async fn watch(api: &Api, target: &Target) -> Result<Response<Body>, ApiErro
                 };
                 match msg {
                     Next::Events(events) => {
-                        for ev in events {
-                            if let Some((kind, obj, natural)) = translate(&opts, &ev)
-                                && !sink.send_event(kind, &obj, natural.then_some(&ev)).await
-                            {
-                                break 'serve;
+                        // Events that arrived together go out in one write.
+                        let mut lines = Vec::with_capacity(events.len());
+                        for ev in &events {
+                            if let Some((kind, obj, natural)) = translate(&opts, ev) {
+                                lines.push(sink.line_for(kind, &obj, natural.then_some(ev)));
                             }
+                        }
+                        let chunk = match lines.len() {
+                            0 => continue,
+                            1 => lines.pop().unwrap_or_default(),
+                            _ => Bytes::from(lines.concat()),
+                        };
+                        if !sink.send_line(chunk).await {
+                            break 'serve;
                         }
                     }
                     Next::Progress(rev) => {
