@@ -1,6 +1,6 @@
 //! `cargo xtask cluster-up` / `cluster-down`: a development cluster under `.k3rs/` at the repository root.
-//! So far that is kine (on SQLite by default) and the apiserver on 127.0.0.1:6443; the launcher will replace
-//! these separate processes, and the controllers, scheduler and kubelet join as they land.
+//! So far that is kine (on SQLite by default), the apiserver on 127.0.0.1:6443 and the controller-manager;
+//! the launcher will replace these separate processes, and the scheduler and kubelet join as they land.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +15,8 @@ fn state_dir() -> PathBuf {
 }
 
 /// The daemons in start order (stopped in reverse).
-const DAEMONS: &[&str] = &["kine", "apiserver"];
+/// Started in this order, stopped in the reverse one.
+const DAEMONS: &[&str] = &["kine", "apiserver", "controller-manager"];
 
 fn running(pidfile: &Path) -> Option<String> {
     let pid = std::fs::read_to_string(pidfile).ok()?;
@@ -87,7 +88,9 @@ pub fn up(args: &[String]) -> Result<()> {
         other => bail!("--datastore {other:?}: use sqlite, or a postgres:// or mysql:// URL"),
     };
     crate::deps::install_only(crate::deps::CLUSTER)?;
-    eprintln!("cluster-up: building k3rs-kine and k3rs-apiserver (release)");
+    eprintln!(
+        "cluster-up: building k3rs-kine, k3rs-apiserver and k3rs-controller-manager (release)"
+    );
     util::run(util::cargo().args([
         "build",
         "--quiet",
@@ -96,6 +99,8 @@ pub fn up(args: &[String]) -> Result<()> {
         "k3rs-kine",
         "-p",
         "k3rs-apiserver",
+        "-p",
+        "k3rs-controller-manager",
     ]))?;
     std::fs::create_dir_all(dir.join("server"))?;
     let bin = |name: &str| util::root().join("target/release").join(name);
@@ -137,19 +142,34 @@ pub fn up(args: &[String]) -> Result<()> {
     )?;
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(dir.join("server/cred/admin.kubeconfig"), &kubeconfig)?;
+    eprintln!("cluster-up: starting the controller-manager");
+    spawn(
+        &dir,
+        "controller-manager",
+        Command::new(bin("k3rs-controller-manager"))
+            .arg("--kubeconfig")
+            .arg(dir.join("server/cred/admin.kubeconfig"))
+            .args(["--healthz-bind-address", "127.0.0.1:10257"]),
+    )?;
+    wait_log(
+        &dir,
+        "controller-manager",
+        "garbage collector synced",
+        Duration::from_secs(60),
+    )?;
     println!(
-        "k3rs is up: kine over {} and the apiserver on https://127.0.0.1:6443",
+        "k3rs is up: kine over {}, the apiserver on https://127.0.0.1:6443 and the controller-manager",
         sock.display()
     );
     println!(
-        "(no controllers, scheduler or kubelet yet: objects are stored and served, pods do not run)"
+        "(the garbage collector is the only controller yet; no scheduler or kubelet: pods do not run)"
     );
     println!();
     println!("kubeconfig: {}", kubeconfig.display());
     println!("try:   export KUBECONFIG={}", kubeconfig.display());
     println!("       kubectl get namespaces");
     println!(
-        "logs:  .k3rs/kine.log .k3rs/apiserver.log   metrics (kine): http://127.0.0.1:2381/metrics"
+        "logs:  .k3rs/kine.log .k3rs/apiserver.log .k3rs/controller-manager.log   metrics: kine http://127.0.0.1:2381/metrics, controller-manager http://127.0.0.1:10257/metrics"
     );
     println!("stop:  cargo xtask cluster-down");
     Ok(())

@@ -1,0 +1,109 @@
+//! End-to-end tests of k3rs-controller-manager as a separate process, against k3rs-apiserver over kine on
+//! SQLite and over Debian's etcd, driven with the real kubectl.
+
+mod gc;
+
+use std::io::{Read, Write};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k3rs_tests::{Backend, Cluster, Proc, free_port, target_bin};
+
+/// Runs `$body(cluster)` once on kine/SQLite and once on etcd.
+macro_rules! per_backend {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[test]
+            fn kine_sqlite() {
+                crate::run(k3rs_tests::Backend::Sqlite, $body);
+            }
+            #[test]
+            fn etcd() {
+                crate::run(k3rs_tests::Backend::Etcd, $body);
+            }
+        }
+    };
+}
+pub(crate) use per_backend;
+
+/// A cluster with a controller-manager beside it.
+pub struct Env {
+    pub c: Cluster,
+    pub cm: Proc,
+    /// Where the controller-manager serves /healthz, /readyz and /metrics.
+    pub health_port: u16,
+}
+
+pub fn run<F, Fut>(backend: Backend, body: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    k3rs_tests::run_test(Duration::from_secs(300), async move {
+        let c = Cluster::start(backend).await?;
+        let health_port = free_port();
+        let log = c.data_dir().join("controller-manager.log");
+        let mut cmd = Command::new(target_bin("k3rs-controller-manager"));
+        cmd.arg("--kubeconfig")
+            .arg(c.kubeconfig())
+            .arg("--healthz-bind-address")
+            .arg(format!("127.0.0.1:{health_port}"))
+            .env("K3RS_LOG", "info");
+        let mut cm = Proc::spawn("k3rs-controller-manager", &mut cmd, &log)?;
+        let start = Instant::now();
+        loop {
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("garbage collector synced")
+            {
+                break;
+            }
+            if !cm.alive() || start.elapsed() > Duration::from_secs(60) {
+                bail!("controller-manager not ready:\n{}", cm.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        body(Env { c, cm, health_port }).await
+    });
+}
+
+/// A plain HTTP GET on 127.0.0.1: (status code, body).
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F: FnMut() -> Result<bool>>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
