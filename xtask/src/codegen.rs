@@ -365,7 +365,10 @@ fn proto_messages(root: &Path) -> Result<Messages> {
             if let Some(f) = pending.as_mut() {
                 decl.push_str(line);
                 decl.push(' ');
-                if line.ends_with(',') {
+                // A declaration ends at a comma outside any generic brackets (a map's type spans lines).
+                let open = decl.matches('<').count();
+                let closed = decl.matches('>').count();
+                if line.ends_with(',') && open == closed {
                     let (name, ty) = decl
                         .trim()
                         .trim_end_matches(',')
