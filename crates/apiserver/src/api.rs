@@ -21,8 +21,8 @@ pub struct Api {
     /// `host:port` clients should use (discovery's `serverAddressByClientCIDRs`).
     pub advertise: String,
     pub ready: k3rs_common::Readiness,
-    /// Reaches kubelets for logs, exec, attach, port-forward and the node proxy.
-    pub kubelet: Option<crate::kubelet::KubeletClient>,
+    /// Reaches kubelets (logs, exec, attach, port-forward, node proxy) and pods (pod and service proxy).
+    pub backends: Option<crate::backend::Backends>,
 }
 
 /// Reservations an update took and would give up, settled once the write is known to have happened or not.

@@ -1,6 +1,7 @@
-//! The apiserver's client for kubelets' HTTPS API (`:10250`): it presents the apiserver's kubelet client
-//! certificate and checks the kubelet's serving certificate against the server CA (as K3s does), one
-//! HTTP/1.1 connection per request so streams and connection upgrades pass through.
+//! The apiserver's connections to what it proxies to: kubelets' HTTPS API (`:10250`, presenting the
+//! apiserver's kubelet client certificate and checking the kubelet's serving certificate against the server
+//! CA, as K3s does) and pods (plain HTTP, or HTTPS without verification as upstream's proxy transport). One
+//! HTTP/1.1 connection per request, so streams and connection upgrades pass through.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,18 +23,80 @@ pub const DEFAULT_PORT: u16 = 10250;
 /// Which node address to dial, in order (K3s's `--kubelet-preferred-address-types`).
 const PREFERRED_ADDRESSES: &[&str] = &["InternalIP", "ExternalIP", "Hostname"];
 
-#[derive(Clone)]
-pub struct KubeletClient {
-    connector: TlsConnector,
+/// How to reach a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dial {
+    /// A kubelet: mutual TLS with the cluster's certificates.
+    Kubelet,
+    /// A pod or service endpoint over plain HTTP.
+    Http,
+    /// A pod or service endpoint over HTTPS, its certificate not checked (upstream's proxy transport).
+    HttpsInsecure,
 }
 
-impl std::fmt::Debug for KubeletClient {
+#[derive(Clone)]
+pub struct Backends {
+    kubelet: TlsConnector,
+    insecure: TlsConnector,
+}
+
+impl std::fmt::Debug for Backends {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletClient").finish_non_exhaustive()
+        f.debug_struct("Backends").finish_non_exhaustive()
     }
 }
 
-impl KubeletClient {
+/// Accepts any server certificate: pods' certificates are their own business (upstream's proxy transport
+/// does not verify them either). Signatures are still checked, so the session is with the key holder.
+#[derive(Debug)]
+struct AnyServerCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl Backends {
     pub fn new(pki: &Pki) -> Result<Self, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
@@ -47,21 +110,30 @@ impl KubeletClient {
                 .map_err(|e| format!("kubelet client certificate: {e}"))?;
         let key = PrivateKeyDer::from_pem_slice(pki.kubelet_client_key_pem.as_bytes())
             .map_err(|e| format!("kubelet client key: {e}"))?;
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
             .map_err(|e| format!("kubelet client certificate: {e}"))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let mut insecure = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyServerCert(provider)))
+            .with_no_client_auth();
+        insecure.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            kubelet: TlsConnector::from(Arc::new(config)),
+            insecure: TlsConnector::from(Arc::new(insecure)),
         })
     }
 
-    /// Sends `req` to the kubelet at `host:port` over a new connection (kept open for an upgrade).
+    /// Sends `req` to `host:port` over a new connection (kept open for an upgrade).
     pub async fn send<B>(
         &self,
+        dial: Dial,
         host: &str,
         port: u16,
         req: Request<B>,
@@ -79,23 +151,38 @@ impl KubeletClient {
         .map_err(|_| format!("dial tcp {host}:{port}: i/o timeout"))?
         .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|e| format!("kubelet address {host:?}: {e}"))?;
-        let tls = self
-            .connector
+        let connector = match dial {
+            Dial::Http => return exchange(tcp, req).await,
+            Dial::Kubelet => &self.kubelet,
+            Dial::HttpsInsecure => &self.insecure,
+        };
+        let name =
+            ServerName::try_from(host.to_string()).map_err(|e| format!("address {host:?}: {e}"))?;
+        let tls = connector
             .connect(name, tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.with_upgrades().await {
-                tracing::debug!(%err, "kubelet connection ended");
-            }
-        });
-        sender.send_request(req).await.map_err(|e| e.to_string())
+        exchange(tls, req).await
     }
+}
+
+/// One request over a fresh HTTP/1.1 connection, which stays up for an upgrade.
+async fn exchange<I, B>(io: I, req: Request<B>) -> Result<Response<Incoming>, String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(%err, "backend connection ended");
+        }
+    });
+    sender.send_request(req).await.map_err(|e| e.to_string())
 }
 
 /// Where a Node's kubelet listens: its preferred address and the port it reported.

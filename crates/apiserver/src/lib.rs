@@ -6,6 +6,7 @@
 pub mod allocators;
 pub mod api;
 pub mod auth;
+pub mod backend;
 pub mod bootstrap;
 pub mod config;
 pub mod convert;
@@ -13,11 +14,11 @@ pub mod crd;
 pub mod crd_schema;
 pub mod discovery;
 pub mod handlers;
-pub mod kubelet;
 pub mod managed;
 pub mod meta;
 pub mod metrics;
 pub mod openapi;
+pub mod openapi_pb;
 pub mod patch;
 pub mod pki;
 pub mod printers;
@@ -134,7 +135,7 @@ pub async fn run_with_readiness(
         watch_cache: watchcache::WatchCache::default(),
         advertise: format!("{advertise_str}:{port}"),
         ready: ready.clone(),
-        kubelet: Some(kubelet::KubeletClient::new(&pki).map_err(Error::Tls)?),
+        backends: Some(backend::Backends::new(&pki).map_err(Error::Tls)?),
     });
     // Custom resources are served once their CRDs are loaded; a watch keeps following them.
     loop {

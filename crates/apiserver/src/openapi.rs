@@ -181,8 +181,9 @@ impl Builder<'_> {
                         .get(def)
                         .and_then(|d| d.fields.get(name));
                     if let Some(doc) = doc {
-                        // A $ref's siblings are ignored in OpenAPI 3.0: wrap it, as upstream does.
-                        if schema.get("$ref").is_some() {
+                        // A $ref's siblings are ignored in OpenAPI 3.0: wrap it, as upstream does (its
+                        // Swagger 2.0 document keeps the description beside the $ref).
+                        if schema.get("$ref").is_some() && self.flavor == Flavor::V3 {
                             schema = json!({"allOf": [schema], "description": doc});
                         } else {
                             schema["description"] = json!(doc);
@@ -512,12 +513,31 @@ pub fn serve(
             .get(header::ACCEPT)
             .and_then(|a| a.to_str().ok())
             .unwrap_or("");
-        if !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
+        // kubectl asks for the protobuf form (gnostic's `openapi.v2.Document`) to validate Lists.
+        let protobuf = accept.contains("com.github.proto-openapi.spec.v2");
+        if !protobuf && !accept.is_empty() && !accept.contains("json") && !accept.contains("*/*") {
             return Some(error_response(&ApiError::not_acceptable(accept)));
         }
         let gvs = api.registry.group_versions();
         let (paths, schemas) = build(&gvs, Flavor::V2);
         let doc = json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": crate::discovery::GIT_VERSION}, "paths": paths, "definitions": schemas});
+        if protobuf {
+            let bytes = crate::openapi_pb::document(&doc);
+            let etag = format!("\"{}\"", hash(&bytes));
+            let mut resp = Response::new(crate::handlers::full(bytes));
+            let headers = resp.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                // Asked for with `@v1.0`, answered with `.v1.0` (an `@` is not valid in a media type).
+                header::HeaderValue::from_static(
+                    "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+                ),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&etag) {
+                headers.insert(header::ETAG, v);
+            }
+            return Some(resp);
+        }
         return Some(json_response(200, &doc));
     }
     let rest = path.strip_prefix("/openapi/v3")?;

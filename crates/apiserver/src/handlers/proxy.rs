@@ -1,7 +1,8 @@
-//! Subresources the kubelet serves: `pods/log` (streamed), `pods/exec`, `pods/attach` and
+//! Subresources served by what runs in the cluster: `pods/log` (streamed), `pods/exec`, `pods/attach` and
 //! `pods/portforward` (connection upgrades — WebSocket or SPDY — passed through byte for byte) and
-//! `nodes/proxy` (any request). The apiserver finds the pod's node, checks the container as upstream does
-//! and forwards to the kubelet's paths (`/containerLogs/…`, `/exec/…`, `/attach/…`, `/portForward/…`).
+//! `nodes/proxy` go to the node's kubelet (`/containerLogs/…`, `/exec/…`, `/attach/…`, `/portForward/…`);
+//! `pods/proxy` and `services/proxy` go to a pod's address (for a Service, a ready endpoint of the port
+//! asked for), as upstream's resource locations pick them.
 
 use std::convert::Infallible;
 
@@ -17,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Body, Target, to_output};
 use crate::api::Api;
+use crate::backend::{Backends, Dial};
 use crate::status::{ApiError, Cause};
 
 /// Headers that belong to one connection and are not forwarded (upgrade headers are handled apart).
@@ -39,8 +41,8 @@ pub async fn serve(
     req: Request<Incoming>,
     sub: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(kubelet) = api.kubelet.as_ref() else {
-        return Err(ApiError::unavailable("no kubelet client is configured"));
+    let Some(backends) = api.backends.as_ref() else {
+        return Err(ApiError::unavailable("no proxy transport is configured"));
     };
     match (target.info.kind.as_str(), sub) {
         ("Node", "proxy") => {
@@ -52,13 +54,28 @@ pub async fn serve(
             } else {
                 path
             };
-            forward(kubelet, req, &host, port, &path).await
+            forward(backends, Dial::Kubelet, req, &host, port, &path).await
+        }
+        ("Pod" | "Service", "proxy") => {
+            let (dial, host, port) = if target.info.kind == "Pod" {
+                pod_location(api, &target).await?
+            } else {
+                service_location(api, &target).await?
+            };
+            let mut path = target.req.proxy_path.clone().unwrap_or_default();
+            if path.is_empty() {
+                path.push('/');
+            }
+            if let Some(q) = req.uri().query() {
+                path = format!("{path}?{q}");
+            }
+            forward(backends, dial, req, &host, port, &path).await
         }
         ("Pod", "log") => {
             if target.req.verb != "get" {
                 return Err(not_allowed(&target, sub));
             }
-            log(api, kubelet, &target).await
+            log(api, backends, &target).await
         }
         ("Pod", "exec" | "attach" | "portforward") => {
             if !is_upgrade(req.headers()) {
@@ -91,7 +108,7 @@ pub async fn serve(
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
-            forward(kubelet, req, &host, port, &path).await
+            forward(backends, Dial::Kubelet, req, &host, port, &path).await
         }
         _ => Err(ApiError::route_not_found()),
     }
@@ -138,7 +155,7 @@ async fn node_of(api: &Api, pod: &Value, pod_name: &str) -> Result<Value, ApiErr
 }
 
 fn node_endpoint(node: &Value, name: &str) -> Result<(String, u16), ApiError> {
-    crate::kubelet::endpoint(node).ok_or_else(|| {
+    crate::backend::endpoint(node).ok_or_else(|| {
         ApiError::unavailable(format!(
             "no preferred addresses found for node {name:?}; known addresses: {}",
             node.pointer("/status/addresses").unwrap_or(&Value::Null)
@@ -204,11 +221,7 @@ fn container(pod: &Value, pod_name: &str, wanted: Option<&str>) -> Result<String
 }
 
 /// `PodLogOptions` validation, then the kubelet's log stream.
-async fn log(
-    api: &Api,
-    kubelet: &crate::kubelet::KubeletClient,
-    target: &Target,
-) -> Result<Response<Body>, ApiError> {
+async fn log(api: &Api, backends: &Backends, target: &Target) -> Result<Response<Body>, ApiError> {
     let q = &target.query;
     let name = target.name();
     let mut causes = Vec::new();
@@ -278,8 +291,8 @@ async fn log(
         .header(header::HOST, format!("{host}:{port}"))
         .body(Empty::<Bytes>::new())
         .map_err(ApiError::internal)?;
-    let resp = kubelet
-        .send(&host, port, req)
+    let resp = backends
+        .send(Dial::Kubelet, &host, port, req)
         .await
         .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
     let status = resp.status();
@@ -320,6 +333,194 @@ async fn log(
         .unwrap_or_default())
 }
 
+/// `name`, `name:port` or `scheme:name:port` (upstream's `SplitSchemeNamePort`).
+fn split_scheme_name_port(id: &str) -> Option<(&str, &str, &str)> {
+    let parts: Vec<&str> = id.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("", *name, ""),
+        [name, port] => ("", *name, *port),
+        [scheme, name, port] => (*scheme, *name, *port),
+        _ => return None,
+    };
+    (!name.is_empty() && matches!(scheme, "" | "http" | "https")).then_some((scheme, name, port))
+}
+
+/// Upstream's `IsProxyableIP`: only global unicast addresses (no loopback, link-local, multicast or
+/// unspecified address) are proxied to.
+fn proxyable(ip: &str) -> bool {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => {
+            !(v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast())
+        }
+        Ok(std::net::IpAddr::V6(v6)) => {
+            !(v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || v6.is_unicast_link_local())
+        }
+        Err(_) => false,
+    }
+}
+
+fn dial_for(scheme: &str) -> (Dial, u16) {
+    match scheme {
+        "https" => (Dial::HttpsInsecure, 443),
+        _ => (Dial::Http, 80),
+    }
+}
+
+async fn get_named(
+    api: &Api,
+    resource: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Value>, ApiError> {
+    let Some(info) = api.registry.get("", "v1", resource) else {
+        return Err(ApiError::internal(format!("no {resource} resource")));
+    };
+    match api.storage.get(&info.key(Some(namespace), name)).await? {
+        Some(stored) => Ok(Some(to_output(&stored)?)),
+        None => Ok(None),
+    }
+}
+
+/// Where `pods/<[scheme:]name[:port]>/proxy` goes: the pod's IP and the port asked for, else its first
+/// container port.
+async fn pod_location(api: &Api, target: &Target) -> Result<(Dial, String, u16), ApiError> {
+    let id = target.name();
+    let Some((scheme, name, port)) = split_scheme_name_port(id) else {
+        return Err(ApiError::bad_request(format!("invalid pod request {id:?}")));
+    };
+    let ns = target.namespace().unwrap_or("");
+    let pod = get_named(api, "pods", ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("pods", "", name))?;
+    let mut port = port.to_string();
+    if port.is_empty() {
+        port = pod
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find_map(|c| c.pointer("/ports/0/containerPort").and_then(Value::as_u64))
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+    }
+    let ip = pod
+        .pointer("/status/podIP")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !proxyable(ip) {
+        return Err(ApiError::bad_request("address not allowed"));
+    }
+    let (dial, default_port) = dial_for(scheme);
+    let port = if port.is_empty() {
+        default_port
+    } else {
+        port.parse()
+            .map_err(|_| ApiError::bad_request(format!("invalid port {port:?}")))?
+    };
+    Ok((dial, ip.to_string(), port))
+}
+
+/// Where `services/<[scheme:]name[:port]>/proxy` goes (upstream's service ResourceLocation): the Service
+/// port named (or numbered), then a ready endpoint address for it, starting from a random one, that
+/// belongs to a pod with that IP.
+async fn service_location(api: &Api, target: &Target) -> Result<(Dial, String, u16), ApiError> {
+    let id = target.name();
+    let Some((scheme, name, port)) = split_scheme_name_port(id) else {
+        return Err(ApiError::bad_request(format!(
+            "invalid service request {id:?}"
+        )));
+    };
+    let ns = target.namespace().unwrap_or("");
+    let svc = get_named(api, "services", ns, name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("services", "", name))?;
+    let mut port_name = port.to_string();
+    if let Ok(number) = port.parse::<u64>() {
+        let declared = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p["port"].as_u64() == Some(number));
+        match declared {
+            Some(p) => port_name = p["name"].as_str().unwrap_or("").to_string(),
+            None => {
+                return Err(ApiError::unavailable(format!(
+                    "no service port {number} found for service {name:?}"
+                )));
+            }
+        }
+    }
+    let no_endpoints =
+        || ApiError::unavailable(format!("no endpoints available for service {id:?}"));
+    let Some(endpoints) = get_named(api, "endpoints", ns, name).await? else {
+        return Err(no_endpoints());
+    };
+    let subsets: Vec<&Value> = endpoints
+        .get("subsets")
+        .and_then(Value::as_array)
+        .map(|s| s.iter().collect())
+        .unwrap_or_default();
+    // Upstream starts from a random subset and address.
+    let seed = uuid::Uuid::new_v4().as_u128() as usize;
+    for i in 0..subsets.len() {
+        let subset = subsets[(seed + i) % subsets.len()];
+        let addresses: Vec<&Value> = subset
+            .get("addresses")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().collect())
+            .unwrap_or_default();
+        if addresses.is_empty() {
+            continue;
+        }
+        let Some(ep_port) = subset
+            .get("ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"].as_str().unwrap_or("") == port_name)
+            .and_then(|p| p["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+        else {
+            continue;
+        };
+        for j in 0..addresses.len() {
+            let addr = addresses[(seed + j) % addresses.len()];
+            let ip = addr["ip"].as_str().unwrap_or("");
+            // Only addresses of a pod that has that IP (upstream's isValidAddress).
+            let pod_name = match addr.pointer("/targetRef") {
+                Some(r) if r["kind"] == "Pod" => r["name"].as_str().unwrap_or(""),
+                _ => continue,
+            };
+            let pod_ns = addr
+                .pointer("/targetRef/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or(ns);
+            let Some(pod) = get_named(api, "pods", pod_ns, pod_name).await? else {
+                continue;
+            };
+            let has_ip = pod.pointer("/status/podIP").and_then(Value::as_str) == Some(ip)
+                || pod
+                    .pointer("/status/podIPs")
+                    .and_then(Value::as_array)
+                    .is_some_and(|ips| ips.iter().any(|p| p["ip"] == ip));
+            if !has_ip || !proxyable(ip) {
+                continue;
+            }
+            let (dial, _) = dial_for(scheme);
+            return Ok((dial, ip.to_string(), ep_port));
+        }
+    }
+    Err(no_endpoints())
+}
+
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CONNECTION)
@@ -349,7 +550,8 @@ fn stream(mut body: Incoming) -> Body {
 /// Forwards `req` to the kubelet at `path` (with query): an upgrade is completed on both sides and the
 /// two connections spliced; anything else streams back as the kubelet answered.
 async fn forward(
-    kubelet: &crate::kubelet::KubeletClient,
+    backends: &Backends,
+    dial: Dial,
     mut req: Request<Incoming>,
     host: &str,
     port: u16,
@@ -388,8 +590,8 @@ async fn forward(
         req.into_body().boxed()
     };
     let out = out.body(body).map_err(ApiError::internal)?;
-    let mut resp = kubelet
-        .send(host, port, out)
+    let mut resp = backends
+        .send(dial, host, port, out)
         .await
         .map_err(|e| ApiError::internal(format!("error dialing backend: {e}")))?;
     let mut builder = Response::builder().status(resp.status());
@@ -429,6 +631,24 @@ async fn forward(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn proxy_ids_and_addresses_as_upstream() {
+        assert_eq!(split_scheme_name_port("web"), Some(("", "web", "")));
+        assert_eq!(
+            split_scheme_name_port("web:8080"),
+            Some(("", "web", "8080"))
+        );
+        assert_eq!(
+            split_scheme_name_port("https:web:8443"),
+            Some(("https", "web", "8443"))
+        );
+        assert_eq!(split_scheme_name_port("ftp:web:21"), None);
+        assert_eq!(split_scheme_name_port(":80"), None);
+        assert!(proxyable("10.42.0.5") && proxyable("198.18.0.2") && proxyable("fd00::1"));
+        assert!(!proxyable("127.0.0.1") && !proxyable("169.254.1.1") && !proxyable("::1"));
+        assert!(!proxyable("") && !proxyable("0.0.0.0"));
+    }
 
     #[test]
     fn containers_default_and_are_checked() {

@@ -24,8 +24,8 @@ const ALL: &[&str] = &["all"];
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
     ("", "v1", "Namespace", "namespaces", &["ns"], &[], false, "namespaces", &[Status], Label),
-    ("", "v1", "Pod", "pods", &["po"], ALL, true, "pods", &[Status, Binding, Eviction, Log, Exec, Attach, PortForward], Subdomain),
-    ("", "v1", "Service", "services", &["svc"], ALL, true, "services/specs", &[Status], Label1035),
+    ("", "v1", "Pod", "pods", &["po"], ALL, true, "pods", &[Status, Binding, Eviction, Log, Exec, Attach, PortForward, Proxy], Subdomain),
+    ("", "v1", "Service", "services", &["svc"], ALL, true, "services/specs", &[Status, Proxy], Label1035),
     ("", "v1", "Endpoints", "endpoints", &["ep"], &[], true, "services/endpoints", &[], Subdomain),
     ("", "v1", "Node", "nodes", &["no"], &[], false, "minions", &[Status, Proxy], Subdomain),
     ("", "v1", "ConfigMap", "configmaps", &["cm"], &[], true, "configmaps", &[], Subdomain),

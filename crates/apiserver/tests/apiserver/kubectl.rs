@@ -968,3 +968,38 @@ async fn server_side_apply(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(apply_server_side, super::server_side_apply);
+
+/// Lists (`kind: List`, what `kubectl get -o yaml` prints): kubectl validates them against the protobuf
+/// OpenAPI v2 document, creates and re-applies them, and refuses unknown fields in their items.
+async fn lists(c: Cluster) -> Result<()> {
+    let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "l1"}, "data": {"a": "1"}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "l2"},
+         "spec": {"selector": {"matchLabels": {"app": "l2"}}, "template": {"metadata": {"labels": {"app": "l2"}},
+         "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "resources": {"requests": {"cpu": "10m"}}}]}}}}]}"#;
+    let out = c.kubectl_in(&["create", "-f", "-"], list)?;
+    ensure!(
+        out.contains("configmap/l1 created") && out.contains("deployment.apps/l2 created"),
+        "{out}"
+    );
+    let bad = list.replace(r#""data": {"a": "1"}"#, r#""datax": {"a": "1"}"#);
+    let e = c.kubectl_err(&["apply", "-f", "-"], Some(&bad))?;
+    ensure!(
+        e.contains(
+            r#"ValidationError(ConfigMap): unknown field "datax" in io.k8s.api.core.v1.ConfigMap"#
+        ),
+        "{e}"
+    );
+    // What `get -o yaml` prints goes back in with apply.
+    let dumped = c.kubectl(&["get", "cm,deploy", "-o", "yaml"])?;
+    ensure!(dumped.contains("kind: List"), "{dumped}");
+    let edited = dumped.replace("a: \"1\"", "a: \"2\"");
+    let out = c.kubectl_in(&["apply", "-f", "-"], &edited)?;
+    ensure!(out.contains("configmap/l1 configured"), "{out}");
+    ensure!(
+        c.kubectl(&["get", "cm", "l1", "-o", "jsonpath={.data.a}"])? == "2",
+        "applied from the list"
+    );
+    Ok(())
+}
+per_backend!(lists_validate_create_and_apply, super::lists);

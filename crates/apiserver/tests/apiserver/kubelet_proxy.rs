@@ -1,6 +1,7 @@
-//! Subresources served by kubelets, against the test kubelet API server: `kubectl logs` (tail, follow,
-//! container checks, the kubelet's own errors), `kubectl exec` over WebSocket through the apiserver's
-//! upgrade pass-through (output, stdin, exit codes) and `nodes/proxy`.
+//! Subresources served by what runs in the cluster. Against the test kubelet API server: `kubectl logs`
+//! (tail, follow, container checks, the kubelet's own errors), `kubectl exec` over WebSocket through the
+//! apiserver's upgrade pass-through (output, stdin, exit codes) and `nodes/proxy`. Against an HTTP server in
+//! a network namespace standing in for a pod: `pods/proxy` and `services/proxy`.
 
 use anyhow::{Result, ensure};
 use k3rs_tests::Cluster;
@@ -132,3 +133,98 @@ async fn kubelet_subresources(c: Cluster) -> Result<()> {
     Ok(())
 }
 per_backend!(logs_exec_and_node_proxy, super::kubelet_subresources);
+
+/// `pods/proxy` and `services/proxy` reach a pod's address: by port number or name, through a Service's
+/// endpoints, and refuse what upstream refuses.
+async fn pod_and_service_proxy(c: Cluster) -> Result<()> {
+    let mut net = k3rs_tests::podnet::PodNet::create()?;
+    let site = c.data_dir().join("site");
+    std::fs::create_dir_all(&site)?;
+    std::fs::write(site.join("index.html"), "hello from the pod\n")?;
+    net.serve_http(
+        &k3rs_tests::apiserver::python_client()?,
+        &site,
+        8080,
+        &c.data_dir().join("pod-http.log"),
+    )?;
+    let ip = net.pod_ip.clone();
+    c.kubectl_in(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "web", "image": "busybox:1.36", "ports": [{"containerPort": 8080}]}]}}"#,
+    )?;
+    let status = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+    c.kubectl(&[
+        "patch",
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ])?;
+    let pods = "/api/v1/namespaces/default/pods";
+    let page = c.kubectl(&["get", "--raw", &format!("{pods}/web/proxy/index.html")])?;
+    ensure!(page == "hello from the pod\n", "{page:?}");
+    std::fs::create_dir_all(site.join("files"))?;
+    std::fs::write(site.join("files/a.txt"), "a")?;
+    let listing = c.kubectl(&[
+        "get",
+        "--raw",
+        &format!("{pods}/http:web:8080/proxy/files/?x=1"),
+    ])?;
+    ensure!(listing.contains("a.txt"), "{listing}");
+
+    c.kubectl_in(
+        &["create", "-f", "-"],
+        &serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "web"},
+             "subsets": [{"addresses": [{"ip": ip, "targetRef": {"kind": "Pod", "name": "web", "namespace": "default"}}],
+                          "ports": [{"name": "http", "port": 8080}]}]},
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "empty"},
+             "spec": {"ports": [{"port": 80}]}},
+        ]})
+        .to_string(),
+    )?;
+    let svcs = "/api/v1/namespaces/default/services";
+    for id in ["web:80", "web:http", "http:web:http"] {
+        let page = c.kubectl(&["get", "--raw", &format!("{svcs}/{id}/proxy/index.html")])?;
+        ensure!(page == "hello from the pod\n", "{id}: {page:?}");
+    }
+    let e = c.kubectl_err(&["get", "--raw", &format!("{svcs}/web:81/proxy/")], None)?;
+    ensure!(
+        e.contains(r#"no service port 81 found for service \"web\""#)
+            || e.contains("no service port 81"),
+        "{e}"
+    );
+    let e = c.kubectl_err(&["get", "--raw", &format!("{svcs}/empty/proxy/")], None)?;
+    ensure!(
+        e.contains("ServiceUnavailable") || e.contains("no endpoints available"),
+        "{e}"
+    );
+
+    // Loopback is not proxied to, whatever a pod's status says.
+    c.kubectl_in(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "local"},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36", "ports": [{"containerPort": 22}]}]}}"#,
+    )?;
+    c.kubectl(&[
+        "patch",
+        "pod",
+        "local",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"podIP":"127.0.0.1"}}"#,
+    ])?;
+    let e = c.kubectl_err(&["get", "--raw", &format!("{pods}/local/proxy/")], None)?;
+    ensure!(e.contains("address not allowed"), "{e}");
+    Ok(())
+}
+per_backend!(
+    pod_and_service_proxy_reach_the_pod,
+    super::pod_and_service_proxy
+);
