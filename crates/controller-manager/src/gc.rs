@@ -31,8 +31,19 @@ const ORPHAN: &str = "orphan";
 const IGNORED: &[(&str, &str)] = &[("", "events"), ("events.k8s.io", "events")];
 /// How often the served resource types are looked up again (also on every CRD change).
 const REDISCOVERY: Duration = Duration::from_secs(30);
-/// How long a failed action waits before it is tried again.
+/// How long a failed action first waits before it is tried again (doubling up to `MAX_RETRY`).
 const RETRY: Duration = Duration::from_secs(2);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// Why an action did not happen (it is retried).
+#[derive(Debug, thiserror::Error)]
+enum GcError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    /// An owner reference names a kind the API does not serve (yet): nothing is deleted on its account.
+    #[error("owner reference to {kind} in {api_version}, which the API does not serve")]
+    UnknownKind { kind: String, api_version: String },
+}
 
 /// A served resource type.
 #[derive(Debug)]
@@ -173,6 +184,8 @@ struct Inner {
     synced: Notify,
     queue: mpsc::UnboundedSender<String>,
     queued: Mutex<HashSet<String>>,
+    /// Consecutive failures per uid, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
     rediscover: Notify,
 }
 
@@ -196,6 +209,7 @@ impl GarbageCollector {
                 synced: Notify::new(),
                 queue,
                 queued: Mutex::new(HashSet::new()),
+                failures: Mutex::new(HashMap::new()),
                 rediscover: Notify::new(),
             }),
             rx,
@@ -245,14 +259,31 @@ impl GarbageCollector {
                 u = self.rx.recv() => match u { Some(u) => u, None => break },
             };
             inner.queued.lock().remove(&uid);
-            if let Err(err) = inner.process(&uid).await {
-                tracing::info!(%uid, %err, "garbage collector action failed; retrying");
-                inner.metrics.gc_retries.inc();
-                let inner = inner.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(RETRY).await;
-                    inner.enqueue(uid);
-                });
+            match inner.process(&uid).await {
+                Ok(()) => {
+                    inner.failures.lock().remove(&uid);
+                }
+                Err(err) => {
+                    let n = {
+                        let mut failures = inner.failures.lock();
+                        let n = failures.entry(uid.clone()).or_insert(0);
+                        *n += 1;
+                        *n
+                    };
+                    let delay = RETRY
+                        .saturating_mul(1 << n.min(8).saturating_sub(1))
+                        .min(MAX_RETRY);
+                    tracing::info!(%uid, %err, ?delay, "garbage collector action not done; retrying");
+                    inner.metrics.gc_retries.inc();
+                    if matches!(err, GcError::UnknownKind { .. }) {
+                        inner.rediscover.notify_one();
+                    }
+                    let inner = inner.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        inner.enqueue(uid);
+                    });
+                }
             }
         }
         rediscovery.abort();
@@ -451,7 +482,7 @@ impl Inner {
 
     /// Looks at one object: an owner being deleted with a GC finalizer, or a dependent whose owners may
     /// all be gone.
-    async fn process(&self, uid: &str) -> Result<(), kube::Error> {
+    async fn process(&self, uid: &str) -> Result<(), GcError> {
         let (node, dependents) = {
             let graph = self.graph.lock();
             let Some(node) = graph.nodes.get(uid).cloned() else {
@@ -462,12 +493,12 @@ impl Inner {
         };
         if node.deleting {
             if node.has_finalizer(ORPHAN) {
-                return self.orphan(&node, &dependents).await;
+                return Ok(self.orphan(&node, &dependents).await?);
             }
             if node.has_finalizer(FOREGROUND) {
                 let blocking: Vec<&Node> = dependents.iter().filter(|d| d.blocks(uid)).collect();
                 if blocking.is_empty() {
-                    return self.remove_finalizer(&node, FOREGROUND).await;
+                    return Ok(self.remove_finalizer(&node, FOREGROUND).await?);
                 }
                 for d in blocking {
                     if !d.deleting {
@@ -503,7 +534,7 @@ impl Inner {
             if drop.is_empty() {
                 return Ok(());
             }
-            return self.remove_owner_refs(&node, &drop).await;
+            return Ok(self.remove_owner_refs(&node, &drop).await?);
         }
         let has_dependents = self.graph.lock().has_dependents(uid);
         let policy = if !waiting.is_empty() && has_dependents {
@@ -515,12 +546,12 @@ impl Inner {
         } else {
             PropagationPolicy::Background
         };
-        self.delete(&node, policy).await
+        Ok(self.delete(&node, policy).await?)
     }
 
     /// Whether the owner a reference names exists with that uid (asked of the API: the graph may not have
     /// seen it yet).
-    async fn owner_exists(&self, node: &Node, owner: &OwnerReference) -> Result<bool, kube::Error> {
+    async fn owner_exists(&self, node: &Node, owner: &OwnerReference) -> Result<bool, GcError> {
         let group = owner
             .api_version
             .rsplit_once('/')
@@ -528,9 +559,11 @@ impl Inner {
             .to_string();
         let kind = self.kinds.lock().get(&(group, owner.kind.clone())).cloned();
         let Some(kind) = kind else {
-            // A kind nobody serves: the owner cannot exist.
-            tracing::debug!(kind = %owner.kind, api_version = %owner.api_version, "owner of a kind not served");
-            return Ok(false);
+            // Not served (perhaps not yet: a CRD just created): retried, never taken as gone.
+            return Err(GcError::UnknownKind {
+                kind: owner.kind.clone(),
+                api_version: owner.api_version.clone(),
+            });
         };
         let api = self.api(&kind, node.namespace.as_deref());
         Ok(api

@@ -39,6 +39,10 @@ const WAIT: Duration = Duration::from_secs(30);
 async fn cascades(env: Env) -> Result<()> {
     let c = &env.c;
 
+    // An owner of a kind nobody serves is not taken for gone (upstream retries; nothing is deleted).
+    let unknown = json!({"apiVersion": "example.com/v1", "kind": "Gadget", "name": "g", "uid": "5e1f6a3c-0000-4000-8000-000000000001"});
+    create(c, &configmap("unknown-owner", &[unknown]))?;
+
     // Background (kubectl's default): the owner goes at once, then its dependents.
     let owner = create(c, &configmap("bg-owner", &[]))?;
     create(c, &configmap("bg-dep-1", &[owner_ref(&owner, false)]))?;
@@ -185,6 +189,11 @@ async fn cascades(env: Env) -> Result<()> {
         Ok(!exists(c, &["widgets.example.com", "w1"])?)
     })
     .await?;
+
+    ensure!(
+        exists(c, &["cm", "unknown-owner"])?,
+        "a dependent of an unserved kind was deleted"
+    );
 
     // Health and metrics.
     let (code, body) = http_get(env.health_port, "/readyz")?;
