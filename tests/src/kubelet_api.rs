@@ -1,6 +1,8 @@
 //! A small stand-in for the kubelet's HTTPS API, for testing the apiserver's proxying before the real
 //! kubelet exists: `/containerLogs/…` (with `tailLines` and `follow`), `/exec/…` over WebSocket
-//! (`v5.channel.k8s.io`/`v4.channel.k8s.io`, with the commands `echo`, `cat` and `false`) and `/healthz`.
+//! (`v5.channel.k8s.io`/`v4.channel.k8s.io`, with the commands `echo`, `cat` and `false`),
+//! `/portForward/…` upgraded to SPDY/3.1 (it then echoes bytes: enough to see the upgrade and the byte
+//! stream pass through) and `/healthz`. [`upgrade_through`] is the raw client side of such an upgrade.
 //! It serves a certificate from the cluster's server CA and requires a client certificate from its client
 //! CA, as the kubelet does.
 
@@ -10,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -164,6 +166,7 @@ async fn handle(req: Request<Incoming>) -> Response<Body> {
                 .expect("a response")
         }
         ["exec", _ns, _pod, _container] => exec(req, q).await,
+        ["portForward", _ns, _pod] => spdy_echo(req),
         _ => text(404, "404 page not found"),
     }
 }
@@ -172,6 +175,101 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Accepts a SPDY/3.1 upgrade and echoes what arrives (the stream's framing is the client's business).
+fn spdy_echo(mut req: Request<Incoming>) -> Response<Body> {
+    let spdy = req
+        .headers()
+        .get("Upgrade")
+        .and_then(|u| u.to_str().ok())
+        .is_some_and(|u| u.eq_ignore_ascii_case("SPDY/3.1"));
+    if !spdy {
+        return text(400, "SPDY/3.1 upgrade required");
+    }
+    let protocol = req
+        .headers()
+        .get("X-Stream-Protocol-Version")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("portforward.k8s.io")
+        .to_string();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+                let _ = io.flush().await;
+            }
+        }
+    });
+    Response::builder()
+        .status(101)
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "SPDY/3.1")
+        .header("X-Stream-Protocol-Version", protocol)
+        .body(Full::new(Bytes::new()).boxed())
+        .expect("a response")
+}
+
+/// Sends `GET <path>` with `headers` to the apiserver on 127.0.0.1:`port` as the admin (the client
+/// certificate under `data_dir`), expects `101 Switching Protocols`, and returns the response head and the
+/// upgraded stream.
+pub async fn upgrade_through(
+    port: u16,
+    data_dir: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(
+    String,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+)> {
+    let tls = data_dir.join("server/tls");
+    let read = |f: &str| std::fs::read(tls.join(f)).with_context(|| format!("reading {f}"));
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&read("server-ca.crt")?) {
+        roots.add(c?)?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read("client-admin.crt")?).collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(&read("client-admin.key")?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+        .await?;
+    let mut head = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+    // The response head, byte by byte up to the blank line (nothing after it is read).
+    let mut resp = Vec::new();
+    while !resp.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if stream.read(&mut b).await? == 0 {
+            bail!(
+                "connection closed after {:?}",
+                String::from_utf8_lossy(&resp)
+            );
+        }
+        resp.push(b[0]);
+    }
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    if !resp.starts_with("HTTP/1.1 101") {
+        bail!("no upgrade: {resp}");
+    }
+    Ok((resp, stream))
 }
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";

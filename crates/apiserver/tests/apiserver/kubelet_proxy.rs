@@ -125,6 +125,45 @@ async fn kubelet_subresources(c: Cluster) -> Result<()> {
     let e = c.kubectl_err(&["exec", "one", "-c", "nope", "--", "echo"], None)?;
     ensure!(e.contains("container nope is not valid for pod one"), "{e}");
 
+    // SPDY/3.1 (port-forward): the upgrade and the byte stream pass through both ways.
+    let (head, mut stream) = k3rs_tests::kubelet_api::upgrade_through(
+        c.port,
+        &c.data_dir(),
+        "/api/v1/namespaces/default/pods/one/portforward?ports=8080",
+        &[
+            ("Connection", "Upgrade"),
+            ("Upgrade", "SPDY/3.1"),
+            ("X-Stream-Protocol-Version", "portforward.k8s.io"),
+        ],
+    )
+    .await?;
+    ensure!(
+        head.contains("X-Stream-Protocol-Version: portforward.k8s.io")
+            || head.contains("x-stream-protocol-version: portforward.k8s.io"),
+        "{head}"
+    );
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream.write_all(b"\x80\x03\x00\x01spdy-frame").await?;
+        stream.flush().await?;
+        let mut echoed = vec![0u8; 14];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            stream.read_exact(&mut echoed),
+        )
+        .await??;
+        ensure!(echoed == b"\x80\x03\x00\x01spdy-frame", "{echoed:?}");
+    }
+    let e = c.kubectl_err(
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/pods/one/exec?command=echo",
+        ],
+        None,
+    )?;
+    ensure!(e.contains("Upgrade request required"), "{e}");
+
     // The node proxy.
     let ok = c.kubectl(&["get", "--raw", "/api/v1/nodes/n1/proxy/healthz"])?;
     ensure!(ok == "ok", "{ok}");
