@@ -454,7 +454,7 @@ pub fn apply(
             for e in &entries {
                 keep.union_with(&e.set);
             }
-            typed.prune(root, &mut merged, last, Some(&keep));
+            typed.prune(root, &mut merged, last, Some(&keep), false);
         }
         let cmp = compare(typed, root, live, &merged, &compare_ignore(&reset));
         let changed = cmp.changed().recursive_difference(&reset);

@@ -401,30 +401,44 @@ impl<'a> Typed<'a> {
         out
     }
 
-    /// Removes from `value` what the applier set last time (`last`) and no manager keeps (`keep`), leaving
-    /// anything nobody ever applied (defaults, other writers' fields). Returns whether `value` itself goes.
-    pub fn prune(&self, node: Node<'a>, value: &mut Value, last: &Set, keep: Option<&Set>) -> bool {
-        let removable = !keep.is_some_and(|k| k.member);
+    /// Removes from `value` what the applier set last time (`last`) and no manager keeps (`keep`), as
+    /// structured-merge-diff prunes: a path the applier owned that nobody owns now goes with everything below
+    /// it (defaults filled in under it included); owned paths are looked into; what the applier never
+    /// owned stays. A declared (struct) field counts as owned when something below it is, as upstream's
+    /// `EnsureNamedFieldsAreMembers` has it. Returns whether `value` itself goes.
+    pub fn prune(
+        &self,
+        node: Node<'a>,
+        value: &mut Value,
+        last: &Set,
+        keep: Option<&Set>,
+        declared: bool,
+    ) -> bool {
+        let owned_last = last.member || (declared && !last.children.is_empty());
+        let kept = keep.is_some_and(|k| k.member || (declared && !k.children.is_empty()));
+        if owned_last && !kept {
+            return true;
+        }
         match value {
             Value::Object(obj) if !self.atomic_object(node) => {
                 let mut gone = Vec::new();
                 for (k, v) in obj.iter_mut() {
                     let pe = format!("f:{k}");
                     let Some(lc) = last.child(&pe) else { continue };
-                    let (cnode, _) = self.child(node, k);
-                    if self.prune(cnode, v, lc, keep.and_then(|s| s.child(&pe))) {
+                    let (cnode, child_declared) = self.child(node, k);
+                    let kc = keep.and_then(|s| s.child(&pe));
+                    if self.prune(cnode, v, lc, kc, child_declared) {
                         gone.push(k.clone());
                     }
                 }
                 for k in gone {
                     obj.remove(&k);
                 }
-                removable && obj.is_empty()
             }
             Value::Array(items) => {
                 let kind = self.list_kind(node);
                 if kind == ListKind::Atomic {
-                    return removable;
+                    return false;
                 }
                 let inode = self.item(node);
                 let mut keep_items = Vec::with_capacity(items.len());
@@ -432,7 +446,8 @@ impl<'a> Typed<'a> {
                     let pe = self.item_pe(node, &kind, &item, i);
                     let drop = match last.child(&pe) {
                         Some(lc) => {
-                            self.prune(inode, &mut item, lc, keep.and_then(|s| s.child(&pe)))
+                            let kc = keep.and_then(|s| s.child(&pe));
+                            self.prune(inode, &mut item, lc, kc, false)
                         }
                         None => false,
                     };
@@ -441,10 +456,10 @@ impl<'a> Typed<'a> {
                     }
                 }
                 *items = keep_items;
-                removable && items.is_empty()
             }
-            _ => removable,
+            _ => {}
         }
+        false
     }
 }
 
@@ -598,11 +613,58 @@ mod tests {
         last.insert(&["f:spec".into(), "f:paused".into()]);
         let mut keep = Set::new();
         keep.insert(&["f:metadata".into(), "f:labels".into(), "f:a".into()]);
-        assert!(!t.prune(Node::Type(DEPLOYMENT), &mut merged, &last, Some(&keep)));
+        keep.insert(&["f:spec".into(), "f:replicas".into()]);
+        assert!(!t.prune(
+            Node::Type(DEPLOYMENT),
+            &mut merged,
+            &last,
+            Some(&keep),
+            false
+        ));
         assert_eq!(
             merged,
             json!({"metadata": {"labels": {"a": "1", "other": "x"}}, "spec": {"replicas": 2}})
         );
+    }
+
+    #[test]
+    fn a_dropped_list_item_goes_whole_with_its_defaults() {
+        let t = typed();
+        let svc = "io.k8s.api.core.v1.Service";
+        let mut merged = json!({"spec": {"ports": [
+            {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+            {"name": "https", "port": 443, "protocol": "TCP", "targetPort": 443},
+            {"name": "alt", "port": 8443}]}});
+        let mut last = Set::new();
+        t.to_set(
+            Node::Type(svc),
+            &json!({"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}, {"name": "https", "port": 443}]}}),
+            &mut last,
+        );
+        let mut keep = Set::new();
+        t.to_set(
+            Node::Type(svc),
+            &json!({"spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}, {"name": "alt", "port": 8443}]}}),
+            &mut keep,
+        );
+        t.prune(Node::Type(svc), &mut merged, &last, Some(&keep), false);
+        let ports: Vec<i64> = merged["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ports, [80, 8443]);
+        assert_eq!(merged["spec"]["ports"][0]["protocol"], "TCP");
+        // Dropping everything under a struct field drops the field, defaults below it included.
+        let mut d = json!({"spec": {"strategy": {"type": "Recreate", "x": 1}, "replicas": 1}});
+        let mut last = Set::new();
+        last.insert(&["f:spec".into(), "f:strategy".into(), "f:type".into()]);
+        last.insert(&["f:spec".into(), "f:replicas".into()]);
+        let mut keep = Set::new();
+        keep.insert(&["f:spec".into(), "f:replicas".into()]);
+        t.prune(Node::Type(DEPLOYMENT), &mut d, &last, Some(&keep), false);
+        assert_eq!(d, json!({"spec": {"replicas": 1}}));
     }
 
     #[test]

@@ -940,6 +940,25 @@ async fn server_side_apply(c: Cluster) -> Result<()> {
     ensure!(e.contains("conflict"), "{e}");
     ensure!(get()?["spec"]["replicas"] == 4);
 
+    // A keyed list: a Service port replaced by another goes whole (its defaulted protocol and targetPort
+    // too), the other port stays as it was.
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: ssa}\nspec:\n  selector: {app: ssa}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: https, port: 443}\n";
+    c.kubectl_in(&["apply", "--server-side", "-f", "-"], svc)?;
+    c.kubectl_in(&["apply", "--server-side", "-f", "-"], svc)?;
+    c.kubectl_in(
+        &["apply", "--server-side", "-f", "-"],
+        &svc.replace("port: 443}", "port: 8443}"),
+    )?;
+    let ports = json(&c, &["get", "svc", "ssa"])?["spec"]["ports"].clone();
+    ensure!(
+        ports
+            == serde_json::json!([
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
+                {"name": "https", "port": 8443, "protocol": "TCP", "targetPort": 8443}
+            ]),
+        "{ports}"
+    );
+
     // From client-side to server-side apply: kubectl may take the fields it applied client-side.
     c.kubectl_in(&["apply", "-f", "-"], CSA)?;
     let changed = CSA.replace("k1: v1", "k1: changed");
