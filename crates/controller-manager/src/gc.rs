@@ -115,10 +115,17 @@ impl Graph {
         let mut touched = vec![node.uid.clone()];
         if let Some(old) = self.nodes.remove(&node.uid) {
             for o in &old.owners {
-                if !node.owners.iter().any(|n| n.uid == o.uid) {
-                    self.unlink(&o.uid, &old.uid);
-                    // An owner waiting for this dependent may be free now.
-                    touched.push(o.uid.clone());
+                match node.owners.iter().find(|n| n.uid == o.uid) {
+                    None => {
+                        self.unlink(&o.uid, &old.uid);
+                        // An owner waiting for this dependent may be free now.
+                        touched.push(o.uid.clone());
+                    }
+                    // No longer blocking its owner's foreground deletion: the owner may be free now.
+                    Some(n) if old.blocks(&o.uid) && !node.blocks(&n.uid) => {
+                        touched.push(o.uid.clone());
+                    }
+                    Some(_) => {}
                 }
             }
         }
@@ -573,11 +580,13 @@ impl Inner {
     }
 
     async fn delete(&self, node: &Node, policy: PropagationPolicy) -> Result<(), kube::Error> {
+        // Guarded by the version the decision was made on: an object changed since (adopted by another
+        // owner, say) answers 409 and is looked at again.
         let params = DeleteParams {
             propagation_policy: Some(policy.clone()),
             preconditions: Some(Preconditions {
                 uid: Some(node.uid.clone()),
-                resource_version: None,
+                resource_version: Some(node.resource_version.clone()),
             }),
             ..DeleteParams::default()
         };
@@ -591,8 +600,8 @@ impl Inner {
                     .inc();
                 Ok(())
             }
-            // Gone already, or replaced by another object of the same name.
-            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+            // Gone already.
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -712,6 +721,11 @@ mod tests {
         let touched = g.upsert(node("dep", &[]));
         assert!(touched.contains(&"owner".to_string()));
         assert!(g.dependents_of("owner").is_empty());
+        // A dependent that stops blocking its owner: the owner is looked at again.
+        g.upsert(node("dep", &["owner"]));
+        let mut unblocked = node("dep", &["owner"]);
+        unblocked.owners[0].block_owner_deletion = Some(false);
+        assert!(g.upsert(unblocked).contains(&"owner".to_string()));
         g.upsert(node("dep", &["owner", "ghost"]));
         // The owner goes: its dependents are looked at again; dependents of absent owners stay indexed.
         let touched = g.remove("owner");

@@ -378,6 +378,7 @@ async fn create_object(
         );
     }
     strategy::prepare_create(info, &mut obj);
+    check_depth(&obj)?;
     if let Some(manager) = manager {
         let writer = Writer {
             info,
@@ -423,6 +424,28 @@ async fn create_object(
     Err(ApiError::internal("generateName retries exhausted"))
 }
 
+/// How deep an object may nest. Stored objects are parsed again on every read, with serde_json's limit of
+/// 128 levels; managed fields repeat the object's nesting a few levels down.
+const MAX_DEPTH: usize = 100;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Object(m) => 1 + m.values().map(depth).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Refuses an object nested deeper than `MAX_DEPTH`: it could be stored but not read back.
+fn check_depth(obj: &Value) -> Result<(), ApiError> {
+    if depth(obj) > MAX_DEPTH {
+        return Err(ApiError::bad_request(format!(
+            "the object is nested more than {MAX_DEPTH} levels deep"
+        )));
+    }
+    Ok(())
+}
+
 /// Carries the system-owned metadata of the stored object into an update.
 fn keep_system_metadata(old: &Value, new: &mut Value) {
     let old_meta = old.get("metadata").cloned().unwrap_or(Value::Null);
@@ -460,10 +483,22 @@ async fn commit(
     let old = to_output(current)?;
     keep_system_metadata(&old, &mut new);
     let name = target.name().to_string();
+    // Server-side apply computed the managed fields already; the status split must not undo them.
+    let applied_fields = manager
+        .is_none()
+        .then(|| new["metadata"].get("managedFields").cloned())
+        .flatten();
     match view {
         View::Status => strategy::prepare_status_update(&old, &mut new),
         View::Main | View::Scale => strategy::prepare_update(info, &old, &mut new),
     }
+    if manager.is_none() {
+        match applied_fields {
+            Some(fields) => metadata_mut(&mut new).insert("managedFields".into(), fields),
+            None => metadata_mut(&mut new).remove("managedFields"),
+        };
+    }
+    check_depth(&new)?;
     if let Some(manager) = manager {
         let writer = Writer {
             info,

@@ -5,6 +5,8 @@
 pub mod fieldset;
 pub mod typed;
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 
 pub use fieldset::Set;
@@ -24,7 +26,7 @@ const ANCIENT_CHANGES: &str = "ancient-changes";
 /// The longest field manager name upstream accepts.
 pub const MAX_MANAGER_LEN: usize = 128;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {
     Apply,
     Update,
@@ -59,6 +61,20 @@ impl Entry {
             && (operation == Operation::Apply || self.api_version == api_version)
     }
 
+    /// The manager identity as a key: (manager, operation, apiVersion for updaters, subresource).
+    fn identity(&self) -> (String, Operation, String, String) {
+        let version = match self.operation {
+            Operation::Apply => String::new(),
+            Operation::Update => self.api_version.clone(),
+        };
+        (
+            self.manager.clone(),
+            self.operation,
+            version,
+            self.subresource.clone(),
+        )
+    }
+
     /// How conflict messages name the manager (upstream's `printManager`).
     fn describe(&self) -> String {
         let mut s = format!("{:?}", self.manager);
@@ -84,6 +100,7 @@ pub fn decode(obj: &Value) -> Result<Vec<Entry>, String> {
         return Err("managedFields must be a list".into());
     };
     let mut out: Vec<Entry> = Vec::with_capacity(items.len());
+    let mut seen: HashMap<(String, Operation, String, String), usize> = HashMap::new();
     for item in items {
         let s = |k: &str| {
             item.get(k)
@@ -112,18 +129,14 @@ pub fn decode(obj: &Value) -> Result<Vec<Entry>, String> {
             subresource: s("subresource"),
             set,
         };
-        if let Some(dup) = out.iter_mut().find(|e| {
-            e.same_as(
-                &entry.manager,
-                entry.operation,
-                &entry.api_version,
-                &entry.subresource,
-            )
-        }) {
-            dup.set.union_with(&entry.set);
-            continue;
+        // The same manager twice: the later entry wins, as upstream's decoding into a map.
+        match seen.entry(entry.identity()) {
+            std::collections::hash_map::Entry::Occupied(at) => out[*at.get()] = entry,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(out.len());
+                out.push(entry);
+            }
         }
-        out.push(entry);
     }
     Ok(out)
 }
@@ -285,11 +298,15 @@ pub fn track_update(writer: &Writer<'_>, old: Option<&Value>, new: &mut Value) {
     if writer.subresource.is_empty()
         && let Some(list) = &supplied
     {
-        if list.len() == 1 && list[0].as_object().is_some_and(Map::is_empty) {
-            crate::meta::metadata_mut(new).remove("managedFields");
-            return;
-        }
-        entries = decode(new).ok();
+        // Only empty entries: the client clears managed fields (this write is then recorded alone).
+        entries = if list
+            .iter()
+            .all(|e| e.as_object().is_some_and(Map::is_empty))
+        {
+            Some(Vec::new())
+        } else {
+            decode(new).ok()
+        };
     }
     let mut entries = entries
         .or_else(|| old.and_then(|o| decode(o).ok()))
@@ -336,7 +353,8 @@ pub fn track_update(writer: &Writer<'_>, old: Option<&Value>, new: &mut Value) {
 }
 
 /// Folds the oldest Update entries into `ancient-changes` (one per API version) until at most
-/// `MAX_UPDATE_MANAGERS` remain (upstream's capManagersManager).
+/// `MAX_UPDATE_MANAGERS` remain, as upstream's capManagersManager: oldest first, the first entry of a version
+/// becomes the bucket when a second one of that version is folded into it.
 fn cap_updates(entries: &mut Vec<Entry>) {
     let mut updaters: Vec<usize> = (0..entries.len())
         .filter(|&i| entries[i].operation == Operation::Update)
@@ -354,55 +372,53 @@ fn cap_updates(entries: &mut Vec<Entry>) {
                 &entries[b].manager,
             ))
     });
-    let excess = updaters.len() - MAX_UPDATE_MANAGERS;
-    // Each folded entry removes one updater, except the first of a version, which becomes the bucket
-    // (unless a bucket already exists).
-    let mut folded: Vec<Entry> = Vec::new();
-    let mut remove = Vec::new();
-    let mut removed_count = 0;
+    let mut slots: Vec<Option<Entry>> = std::mem::take(entries).into_iter().map(Some).collect();
+    let is_bucket = |e: &Entry, version: &str| {
+        e.manager == ANCIENT_CHANGES
+            && e.operation == Operation::Update
+            && e.api_version == version
+            && e.subresource.is_empty()
+    };
+    let mut length = updaters.len();
+    let mut first_of_version: HashMap<String, usize> = HashMap::new();
     for &i in &updaters {
-        if removed_count >= excess {
+        if length <= MAX_UPDATE_MANAGERS {
             break;
         }
-        let e = &entries[i];
-        remove.push(i);
-        match folded.iter_mut().find(|b| b.api_version == e.api_version) {
-            Some(bucket) => {
-                bucket.set.union_with(&e.set);
-                bucket.time = e.time.clone();
-                removed_count += 1;
-            }
+        let Some(current) = slots[i].clone() else {
+            continue;
+        };
+        let version = current.api_version.clone();
+        let Some(&first) = first_of_version.get(&version) else {
+            first_of_version.insert(version, i);
+            continue;
+        };
+        let bucket = match slots
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|e| is_bucket(e, &version)))
+        {
+            Some(b) => b,
             None => {
-                let existing = entries.iter().position(|x| {
-                    x.same_as(ANCIENT_CHANGES, Operation::Update, &e.api_version, "")
-                });
-                let mut bucket = match existing {
-                    Some(j) if j != i => {
-                        remove.push(j);
-                        removed_count += 1;
-                        entries[j].clone()
-                    }
-                    _ => Entry {
-                        manager: ANCIENT_CHANGES.into(),
-                        operation: Operation::Update,
-                        api_version: e.api_version.clone(),
-                        time: None,
-                        subresource: String::new(),
-                        set: Set::new(),
-                    },
-                };
-                bucket.set.union_with(&e.set);
-                bucket.time = e.time.clone();
-                folded.push(bucket);
+                // The first entry of this version becomes the bucket.
+                if let Some(e) = slots[first].as_mut() {
+                    e.manager = ANCIENT_CHANGES.into();
+                    e.subresource.clear();
+                }
+                first
             }
+        };
+        if bucket == i {
+            continue;
         }
+        if let Some(b) = slots[bucket].as_mut() {
+            b.set.union_with(&current.set);
+            // The merged update is the more recent one.
+            b.time = current.time.clone();
+        }
+        slots[i] = None;
+        length -= 1;
     }
-    remove.sort_unstable();
-    remove.dedup();
-    for i in remove.into_iter().rev() {
-        entries.remove(i);
-    }
-    entries.extend(folded);
+    *entries = slots.into_iter().flatten().collect();
 }
 
 /// Server-side apply of `config` by `writer` over `live` (`None` when the object does not exist yet).
@@ -429,6 +445,15 @@ pub fn apply(
         entries = decode(&tracked).unwrap_or_default();
     }
     writer.with_schema(|typed, root| {
+        typed
+            .check_config(root, config, &mut Vec::new())
+            .map_err(|e| {
+                let info = writer.info;
+                ApiError::bad_request(format!(
+                    "failed to create typed patch object ({}/{}, Kind={}): {e}",
+                    info.group, info.version, info.kind
+                ))
+            })?;
         let reset = writer.reset();
         let mut merged = typed.merge(root, live, config);
         let mut applied = Set::new();
@@ -503,8 +528,7 @@ pub fn apply(
         entries.retain(|e| !e.set.is_empty());
         cap_updates(&mut entries);
         if writer.manager == "kubectl"
-            && let Some(live) = live
-            && live
+            && merged
                 .pointer("/metadata/annotations")
                 .and_then(|a| a.get(LAST_APPLIED))
                 .is_some()
@@ -525,10 +549,14 @@ pub fn apply(
                 .entry("annotations")
                 .or_insert_with(|| json!({}));
             if let Some(a) = annotations.as_object_mut() {
-                if text.len() > 256 * 1024 {
+                a.insert(LAST_APPLIED.into(), text.into());
+                // Upstream drops the record when the annotations would pass their 256 KiB limit.
+                let total: usize = a
+                    .iter()
+                    .map(|(k, v)| k.len() + v.as_str().map_or(0, str::len))
+                    .sum();
+                if total > 256 * 1024 {
                     a.remove(LAST_APPLIED);
-                } else {
-                    a.insert(LAST_APPLIED.into(), text.into());
                 }
             }
         }
@@ -694,6 +722,19 @@ mod tests {
             err.details.unwrap()["causes"][0]["reason"],
             "FieldManagerConflict"
         );
+    }
+
+    #[test]
+    fn the_same_manager_twice_decodes_as_the_later_entry() {
+        let obj = json!({"metadata": {"managedFields": [
+            {"manager": "m", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:a": {}}},
+            {"manager": "m", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:b": {}}},
+            {"manager": "m", "operation": "Update", "apiVersion": "v2", "fieldsType": "FieldsV1", "fieldsV1": {"f:c": {}}}]}});
+        let entries = decode(&obj).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries[0].set.has(&["f:b"]) && !entries[0].set.has(&["f:a"]));
+        let bad = json!({"metadata": {"managedFields": [{"manager": "m", "operation": "Merge", "fieldsType": "FieldsV1"}]}});
+        assert!(decode(&bad).is_err());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::{Map, Value};
 
-use super::fieldset::Set;
+use super::fieldset::{Set, display};
 use crate::schema::{Catalog, Field, Kind};
 
 const OBJECT_META: &str = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta";
@@ -194,6 +194,68 @@ impl<'a> Typed<'a> {
             pes.push(pe);
         }
         (pes, by)
+    }
+
+    /// Upstream's checks of an apply configuration: keyed list items are objects carrying their key fields,
+    /// and no item appears twice. Errors read as structured-merge-diff's
+    /// (`.spec.ports: duplicate entries for key [port=80,protocol="TCP"]`).
+    pub fn check_config(
+        &self,
+        node: Node<'a>,
+        value: &Value,
+        path: &mut Vec<String>,
+    ) -> Result<(), String> {
+        match value {
+            Value::Object(obj) if !self.atomic_object(node) => {
+                for (k, v) in obj {
+                    let (cnode, _) = self.child(node, k);
+                    path.push(format!("f:{k}"));
+                    self.check_config(cnode, v, path)?;
+                    path.pop();
+                }
+            }
+            Value::Array(items) => {
+                let kind = self.list_kind(node);
+                if kind == ListKind::Atomic {
+                    return Ok(());
+                }
+                let inode = self.item(node);
+                let mut seen = HashSet::new();
+                for (i, item) in items.iter().enumerate() {
+                    if let ListKind::Map(keys) = &kind {
+                        let builtin = matches!(node, Node::List(_));
+                        let Some(obj) = item.as_object() else {
+                            return Err(format!(
+                                "{}: element {i}: associative list can only contain objects",
+                                display(path)
+                            ));
+                        };
+                        if let Some(k) = keys
+                            .iter()
+                            .find(|k| !(obj.contains_key(*k) || (builtin && *k == "protocol")))
+                        {
+                            return Err(format!(
+                                "{}: element {i}: associative list with keys has an element that omits key field {k:?} (and doesn't have default value)",
+                                display(path)
+                            ));
+                        }
+                    }
+                    let pe = self.item_pe(node, &kind, item, i);
+                    if !seen.insert(pe.clone()) {
+                        return Err(format!(
+                            "{}: duplicate entries for key {}",
+                            display(path),
+                            display(std::slice::from_ref(&pe))
+                        ));
+                    }
+                    path.push(pe);
+                    self.check_config(inode, item, path)?;
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// The fields a value sets (upstream's `ToFieldSet`).
@@ -665,6 +727,29 @@ mod tests {
         keep.insert(&["f:spec".into(), "f:replicas".into()]);
         t.prune(Node::Type(DEPLOYMENT), &mut d, &last, Some(&keep), false);
         assert_eq!(d, json!({"spec": {"replicas": 1}}));
+    }
+
+    #[test]
+    fn apply_configs_with_bad_list_keys_are_refused() {
+        let t = typed();
+        let dup =
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a"}, {"name": "a"}]}}}});
+        assert_eq!(
+            t.check_config(Node::Type(DEPLOYMENT), &dup, &mut Vec::new()),
+            Err(".spec.template.spec.containers: duplicate entries for key [name=\"a\"]".into())
+        );
+        let missing = json!({"spec": {"template": {"spec": {"containers": [{"image": "x"}]}}}});
+        assert!(
+            t.check_config(Node::Type(DEPLOYMENT), &missing, &mut Vec::new())
+                .unwrap_err()
+                .contains("omits key field \"name\"")
+        );
+        // Ports key on (containerPort, protocol); protocol has a default.
+        let ok = json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80}]}]}}}});
+        assert!(
+            t.check_config(Node::Type(DEPLOYMENT), &ok, &mut Vec::new())
+                .is_ok()
+        );
     }
 
     #[test]

@@ -940,6 +940,36 @@ async fn server_side_apply(c: Cluster) -> Result<()> {
     ensure!(e.contains("conflict"), "{e}");
     ensure!(get()?["spec"]["replicas"] == 4);
 
+    // Apply through /status: the entry is recorded with its subresource, and kept.
+    let status = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: ssa\nstatus:\n  observedGeneration: 9\n";
+    c.kubectl_in(
+        &[
+            "apply",
+            "--server-side",
+            "--subresource=status",
+            "--field-manager=status-writer",
+            "-f",
+            "-",
+        ],
+        status,
+    )?;
+    let d = get()?;
+    ensure!(d["status"]["observedGeneration"] == 9, "{}", d["status"]);
+    let entry = d["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["manager"] == "status-writer")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        entry["subresource"] == "status"
+            && entry["operation"] == "Apply"
+            && entry["fieldsV1"]["f:status"]["f:observedGeneration"].is_object(),
+        "{}",
+        d["metadata"]["managedFields"]
+    );
+
     // A keyed list: a Service port replaced by another goes whole (its defaulted protocol and targetPort
     // too), the other port stays as it was.
     let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: ssa}\nspec:\n  selector: {app: ssa}\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: https, port: 443}\n";
