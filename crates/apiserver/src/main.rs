@@ -1,6 +1,5 @@
 //! `k3rs-apiserver`: serves the Kubernetes API over the etcd v3 API (flags as kube-apiserver's, each also `K3RS_*`).
 
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,28 +86,7 @@ fn main() -> ExitCode {
         service_node_port_range: args.service_node_port_range,
         tls_sans: args.tls_san,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "k3rs-apiserver: starting the runtime: {err}"
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = k3rs_common::signal::shutdown_token();
-        match k3rs_apiserver::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!("{err}");
-                let _ = writeln!(std::io::stderr(), "k3rs-apiserver: {err}");
-                ExitCode::FAILURE
-            }
-        }
+    k3rs_common::signal::run_daemon("k3rs-apiserver", |shutdown| {
+        k3rs_apiserver::run(config, shutdown)
     })
 }

@@ -1,6 +1,42 @@
-//! The one signal handler of a k3rs binary: SIGINT/SIGTERM cancel a token that every component watches.
+//! The one signal handler of a k3rs binary: SIGINT/SIGTERM cancel a token that every component watches;
+//! `run_daemon` is a binary's `main` around it (runtime, shutdown token, exit status).
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io::Write as _;
+use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
+
+/// Runs a component until it returns: a multi-threaded runtime, the shutdown token, and the exit status
+/// (failure with the error logged and printed as `<name>: <error>`).
+pub fn run_daemon<F, Fut, E>(name: &str, run: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "{name}: starting the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match run(shutdown_token()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!("{err}");
+                let _ = writeln!(std::io::stderr(), "{name}: {err}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
 
 /// Returns a token cancelled on the first SIGINT or SIGTERM. A second signal exits the process at once.
 pub fn shutdown_token() -> CancellationToken {

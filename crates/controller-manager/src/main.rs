@@ -64,28 +64,7 @@ fn main() -> ExitCode {
         health_bind_address,
         controllers: args.controllers,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "k3rs-controller-manager: starting the runtime: {err}"
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = k3rs_common::signal::shutdown_token();
-        match k3rs_controller_manager::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!("{err}");
-                let _ = writeln!(std::io::stderr(), "k3rs-controller-manager: {err}");
-                ExitCode::FAILURE
-            }
-        }
+    k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
+        k3rs_controller_manager::run(config, shutdown)
     })
 }

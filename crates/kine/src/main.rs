@@ -134,25 +134,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            let _ = writeln!(std::io::stderr(), "k3rs-kine: starting the runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let shutdown = k3rs_common::signal::shutdown_token();
-        match k3rs_kine::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                tracing::error!("{err}");
-                let _ = writeln!(std::io::stderr(), "k3rs-kine: {err}");
-                ExitCode::FAILURE
-            }
-        }
-    })
+    k3rs_common::signal::run_daemon("k3rs-kine", |shutdown| k3rs_kine::run(config, shutdown))
 }

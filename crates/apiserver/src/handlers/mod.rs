@@ -252,6 +252,11 @@ impl Target {
         ApiError::not_found(&self.info.plural, &self.info.group, self.name())
     }
 
+    /// 409: the object changed since the client (or this request) read it.
+    pub fn modified(&self) -> ApiError {
+        ApiError::modified(&self.info.plural, &self.info.group, self.name())
+    }
+
     pub fn dry_run(&self) -> bool {
         self.query.get("dryRun") == Some("All")
     }

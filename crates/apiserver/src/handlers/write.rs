@@ -605,11 +605,7 @@ pub async fn update(
         if let Some(rv) = &precondition
             && *rv != current.mod_revision.to_string()
         {
-            return Err(ApiError::modified(
-                &target.info.plural,
-                &target.info.group,
-                target.name(),
-            ));
+            return Err(target.modified());
         }
         let old = to_output(&current)?;
         let new = view.apply_body(&target.info, &old, obj.clone())?;
@@ -619,20 +615,12 @@ pub async fn update(
                 return Ok(with_warnings(resp, &warnings));
             }
             None if precondition.is_some() => {
-                return Err(ApiError::modified(
-                    &target.info.plural,
-                    &target.info.group,
-                    target.name(),
-                ));
+                return Err(target.modified());
             }
             None => continue,
         }
     }
-    Err(ApiError::modified(
-        &target.info.plural,
-        &target.info.group,
-        target.name(),
-    ))
+    Err(target.modified())
 }
 
 /// PATCH of the main resource, `/status` or `/scale`.
@@ -688,11 +676,7 @@ pub async fn patch(
         let patched_rv = meta_str(&patched, "resourceVersion").map(str::to_string);
         let precondition = patched_rv.filter(|rv| *rv != current.mod_revision.to_string());
         if precondition.is_some() {
-            return Err(ApiError::modified(
-                &target.info.plural,
-                &target.info.group,
-                target.name(),
-            ));
+            return Err(target.modified());
         }
         if meta_str(&patched, "name").is_some_and(|n| n != target.name()) {
             return Err(ApiError::bad_request(format!(
@@ -708,11 +692,7 @@ pub async fn patch(
             return Ok(with_warnings(resp, &warnings));
         }
     }
-    Err(ApiError::modified(
-        &target.info.plural,
-        &target.info.group,
-        target.name(),
-    ))
+    Err(target.modified())
 }
 
 /// Server-side apply (`application/apply-patch+yaml`): merges the configuration into the live object (or
@@ -807,11 +787,7 @@ async fn apply(
         if let Some(rv) = &precondition
             && *rv != current.mod_revision.to_string()
         {
-            return Err(ApiError::modified(
-                &target.info.plural,
-                &target.info.group,
-                target.name(),
-            ));
+            return Err(target.modified());
         }
         let old = to_output(&current)?;
         let new = managed::apply(&writer, Some(&old), &config, force)?;
@@ -820,11 +796,7 @@ async fn apply(
             return Ok(with_warnings(resp, &warnings));
         }
     }
-    Err(ApiError::modified(
-        &target.info.plural,
-        &target.info.group,
-        target.name(),
-    ))
+    Err(target.modified())
 }
 
 #[cfg(test)]
