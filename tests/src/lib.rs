@@ -9,6 +9,26 @@ pub mod process;
 pub mod store;
 
 pub use apiserver::Cluster;
+
+/// Declares a test module `$name` that runs `$body` once on kine/SQLite and once on etcd, through the
+/// calling test crate's `run(backend, body)` (which starts what the body needs).
+// `crate::run` is the calling test crate's on purpose: each suite starts its own fixtures.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! per_backend {
+    ($name:ident, $body:path) => {
+        mod $name {
+            #[test]
+            fn kine_sqlite() {
+                crate::run($crate::Backend::Sqlite, $body);
+            }
+            #[test]
+            fn etcd() {
+                crate::run($crate::Backend::Etcd, $body);
+            }
+        }
+    };
+}
 pub use process::{Proc, free_port, target_bin};
 pub use store::{Backend, Server, ServerOptions};
 

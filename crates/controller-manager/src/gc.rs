@@ -407,7 +407,7 @@ impl Inner {
                             .lock()
                             .nodes
                             .values()
-                            .filter(|n| Arc::ptr_eq(&n.kind, &kind) || n.kind.key() == kind.key())
+                            .filter(|n| n.kind.key() == kind.key())
                             .filter(|n| !seen.contains(&n.uid))
                             .map(|n| n.uid.clone())
                             .collect();

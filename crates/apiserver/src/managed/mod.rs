@@ -505,14 +505,9 @@ pub fn apply(
         for e in &mut entries {
             e.set = e.set.difference(&changed).difference(&cmp.removed);
         }
-        let changed_object = live.is_none_or(|l| {
-            let mut a = l.clone();
-            let mut b = merged.clone();
-            for v in [&mut a, &mut b] {
-                crate::meta::metadata_mut(v).remove("managedFields");
-            }
-            a != b
-        });
+        // The comparison already says whether the object changed (bookkeeping and reset fields aside).
+        let changed_object = live.is_none()
+            || !(cmp.added.is_empty() && cmp.modified.is_empty() && cmp.removed.is_empty());
         entries.push(Entry {
             manager: writer.manager.to_string(),
             operation: Operation::Apply,

@@ -15,22 +15,7 @@ use anyhow::{Context, Result};
 use k3rs_tests::{Backend, Cluster};
 use serde_json::Value;
 
-/// Runs `$body(cluster)` once on kine/SQLite and once on etcd.
-macro_rules! per_backend {
-    ($name:ident, $body:path) => {
-        mod $name {
-            #[test]
-            fn kine_sqlite() {
-                crate::run(k3rs_tests::Backend::Sqlite, $body);
-            }
-            #[test]
-            fn etcd() {
-                crate::run(k3rs_tests::Backend::Etcd, $body);
-            }
-        }
-    };
-}
-pub(crate) use per_backend;
+pub(crate) use k3rs_tests::per_backend;
 
 pub fn run<F, Fut>(backend: Backend, body: F)
 where

@@ -10,22 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use k3rs_tests::{Backend, Cluster, Proc, free_port, target_bin};
 
-/// Runs `$body(cluster)` once on kine/SQLite and once on etcd.
-macro_rules! per_backend {
-    ($name:ident, $body:path) => {
-        mod $name {
-            #[test]
-            fn kine_sqlite() {
-                crate::run(k3rs_tests::Backend::Sqlite, $body);
-            }
-            #[test]
-            fn etcd() {
-                crate::run(k3rs_tests::Backend::Etcd, $body);
-            }
-        }
-    };
-}
-pub(crate) use per_backend;
+pub(crate) use k3rs_tests::per_backend;
 
 /// A cluster with a controller-manager beside it.
 pub struct Env {
