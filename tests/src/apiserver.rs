@@ -17,6 +17,8 @@ pub struct Cluster {
     api: Option<Proc>,
     pub port: u16,
     dir: tempfile::TempDir,
+    /// Extra apiserver flags (kept across restarts).
+    extra_args: Vec<String>,
 }
 
 /// What a kubectl run printed.
@@ -29,12 +31,19 @@ pub struct Output {
 
 impl Cluster {
     pub async fn start(backend: Backend) -> Result<Self> {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// As [`Cluster::start`], with extra apiserver flags; `{dir}` in a flag is the cluster's data dir.
+    pub async fn start_with(backend: Backend, args: &[&str]) -> Result<Self> {
         let store = Server::start(backend).await?;
         let dir = tempfile::Builder::new().prefix("k3rs-api-").tempdir()?;
+        let d = dir.path().display().to_string();
         let mut cluster = Self {
             store,
             api: None,
             port: 0,
+            extra_args: args.iter().map(|a| a.replace("{dir}", &d)).collect(),
             dir,
         };
         cluster.launch().await?;
@@ -56,6 +65,7 @@ impl Cluster {
                 .arg(self.port.to_string())
                 .arg("--bind-address")
                 .arg("127.0.0.1")
+                .args(&self.extra_args)
                 .env("K3RS_LOG", "info");
             let proc = Proc::spawn("k3rs-apiserver", &mut cmd, &log)?;
             self.api = Some(proc);
@@ -171,6 +181,154 @@ impl Cluster {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         })
+    }
+
+    /// Runs kubectl as the holder of a bearer token (no client certificate).
+    pub fn run_with_token(&self, token: &str, args: &[&str]) -> Result<Output> {
+        let empty = self.dir.path().join("no-credentials.kubeconfig");
+        std::fs::write(&empty, "apiVersion: v1\nkind: Config\n")?;
+        let ca = self.dir.path().join("server/tls/server-ca.crt");
+        let mut all = vec![
+            format!("--kubeconfig={}", empty.display()),
+            format!("--token={token}"),
+            format!("--server=https://127.0.0.1:{}", self.port),
+            format!("--certificate-authority={}", ca.display()),
+        ];
+        all.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        self.run(&refs, None)
+    }
+
+    /// A raw HTTPS GET without a client certificate (anonymous, or with `token`): (status, body).
+    pub fn raw_get(&self, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+        use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+        use std::io::{Read, Write};
+        let ca = std::fs::read(self.dir.path().join("server/tls/server-ca.crt"))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert?)?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("127.0.0.1")?.to_owned();
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+        let sock = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
+        sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            tls,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+        )?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out);
+        let out = String::from_utf8_lossy(&out).into_owned();
+        let code = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no HTTP status in the answer")?;
+        let body = out
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        Ok((code, body))
+    }
+
+    /// Runs kubectl with another kubeconfig.
+    pub fn run_with_kubeconfig(
+        &self,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+    ) -> Result<Output> {
+        let flag = format!("--kubeconfig={}", kubeconfig.display());
+        let mut all = vec![flag.as_str()];
+        all.extend_from_slice(args);
+        self.run(&all, None)
+    }
+
+    /// A kubeconfig for a client certificate (`CN=user`, `O=groups`) issued from this cluster's client CA.
+    pub fn client_cert_kubeconfig(&self, user: &str, groups: &[&str]) -> Result<PathBuf> {
+        let tls = self.dir.path().join("server/tls");
+        let ca_cert = std::fs::read_to_string(tls.join("client-ca.crt"))?;
+        let ca_key =
+            rcgen::KeyPair::from_pem(&std::fs::read_to_string(tls.join("client-ca.key"))?)?;
+        let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert, ca_key)?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, user);
+        for g in groups {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, *g);
+        }
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let server_ca = std::fs::read_to_string(tls.join("server-ca.crt"))?;
+        let b64 = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(s)
+        };
+        let path = self.dir.path().join(format!(
+            "{}.kubeconfig",
+            user.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+        ));
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.1:{}\n  name: c\ncontexts:\n- context:\n    cluster: c\n    user: u\n  name: c\ncurrent-context: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                b64(&server_ca),
+                self.port,
+                b64(&cert.pem()),
+                b64(&key.serialize_pem())
+            ),
+        )?;
+        Ok(path)
+    }
+
+    /// Starts a k3rs-controller-manager against this apiserver (admin credentials) and waits until it is
+    /// ready (`--controllers` as given).
+    pub async fn start_controller_manager(&self, controllers: &str) -> Result<Proc> {
+        let port = free_port();
+        let log = self.dir.path().join("controller-manager.log");
+        let mut cmd = Command::new(target_bin("k3rs-controller-manager"));
+        cmd.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--healthz-bind-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--controllers")
+            .arg(controllers)
+            .env("K3RS_LOG", "info");
+        let mut cm = Proc::spawn("k3rs-controller-manager", &mut cmd, &log)?;
+        let start = Instant::now();
+        loop {
+            let ready = std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        .ok()?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).ok()?;
+                    Some(out.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ready {
+                return Ok(cm);
+            }
+            if !cm.alive() || start.elapsed() > Duration::from_secs(60) {
+                bail!("controller-manager not ready:\n{}", cm.log_tail(30));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// kubectl that must succeed; returns stdout.

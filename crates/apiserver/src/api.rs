@@ -23,6 +23,14 @@ pub struct Api {
     pub ready: k3rs_common::Readiness,
     /// Reaches kubelets (logs, exec, attach, port-forward, node proxy) and pods (pod and service proxy).
     pub backends: Option<crate::backend::Backends>,
+    /// Who a request is (certificates, tokens).
+    pub authn: crate::auth::Authenticator,
+    /// Roles and bindings, kept current for the RBAC authorizer.
+    pub rbac: crate::authz::rbac::RbacCache,
+    /// What pods on each node reference, for the node authorizer.
+    pub pods: std::sync::Arc<crate::informer::Informer<crate::authz::node::PodRefs>>,
+    /// The node authorizer's static rules (the bootstrap `system:node` role's).
+    pub node_rules: Vec<crate::authz::rbac::PolicyRule>,
 }
 
 /// Reservations an update took and would give up, settled once the write is known to have happened or not.
@@ -43,6 +51,35 @@ fn is_service(info: &ResourceInfo) -> bool {
 }
 
 impl Api {
+    pub fn node_rules(&self) -> &[crate::authz::rbac::PolicyRule] {
+        &self.node_rules
+    }
+
+    /// Starts the informers authorization reads; returns once they have listed.
+    pub async fn start_informers(
+        self: &std::sync::Arc<Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) {
+        let r = &self.rbac;
+        for inf in [&r.roles, &r.cluster_roles] {
+            tokio::spawn(inf.clone().run(self.clone(), shutdown.clone()));
+        }
+        for inf in [&r.role_bindings, &r.cluster_role_bindings] {
+            tokio::spawn(inf.clone().run(self.clone(), shutdown.clone()));
+        }
+        tokio::spawn(self.pods.clone().run(self.clone(), shutdown.clone()));
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = async {
+                r.roles.wait_synced().await;
+                r.cluster_roles.wait_synced().await;
+                r.role_bindings.wait_synced().await;
+                r.cluster_role_bindings.wait_synced().await;
+                self.pods.wait_synced().await;
+            } => {}
+        }
+    }
+
     /// Runs before an object is first stored; returns what to undo if the store fails.
     pub async fn before_create(
         &self,

@@ -10,7 +10,7 @@ use crate::storage::Guarded;
 use crate::strategy;
 
 /// Stores `obj` if its key is absent; with `reconcile`, rewrites it when `fields` differ from the stored ones.
-async fn ensure(
+pub(crate) async fn ensure(
     api: &Api,
     group: &str,
     plural: &str,

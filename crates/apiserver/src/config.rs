@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use crate::storage::EtcdTls;
 
+/// K3s's service-account issuer.
+pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -19,6 +22,12 @@ pub struct Config {
     pub service_cluster_ip_range: String,
     pub service_node_port_range: String,
     pub tls_sans: Vec<String>,
+    /// `--token-auth-file`: static bearer tokens (`token,user,uid,"group1,group2"`).
+    pub token_auth_file: Option<PathBuf>,
+    /// `--service-account-issuer`: the `iss` of bound service-account tokens.
+    pub service_account_issuer: String,
+    /// `--api-audiences`: audiences a token must carry (the issuer when empty).
+    pub api_audiences: Vec<String>,
 }
 
 impl Default for Config {
@@ -33,6 +42,9 @@ impl Default for Config {
             service_cluster_ip_range: "10.43.0.0/16".into(),
             service_node_port_range: "30000-32767".into(),
             tls_sans: Vec::new(),
+            token_auth_file: None,
+            service_account_issuer: DEFAULT_ISSUER.into(),
+            api_audiences: Vec::new(),
         }
     }
 }

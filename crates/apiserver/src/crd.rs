@@ -240,6 +240,7 @@ pub fn resources(crd: &Value) -> Vec<ResourceInfo> {
             storage_prefix: format!("/registry/{group}/{plural}"),
             subresources,
             name_rule: NameRule::Subdomain,
+            create_only: false,
             custom: Some(Arc::new(Custom {
                 crd_name: str_at(crd, "/metadata/name").to_string(),
                 storage_version: storage_version.clone(),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::api::Api;
 use crate::handlers::{Body, error_response, is_read, json_response, text_response};
 use crate::request::Query;
-use crate::resources::{GroupVersion, ResourceInfo, Subresource, VERBS};
+use crate::resources::{GroupVersion, ResourceInfo, Subresource};
 use crate::status::ApiError;
 
 /// The Kubernetes version this apiserver serves.
@@ -191,6 +191,11 @@ fn subresource_kind(info: &ResourceInfo, sub: Subresource) -> (String, String, S
         Subresource::Exec => (String::new(), "v1".into(), "PodExecOptions".into()),
         Subresource::Attach => (String::new(), "v1".into(), "PodAttachOptions".into()),
         Subresource::PortForward => (String::new(), "v1".into(), "PodPortForwardOptions".into()),
+        Subresource::Token => (
+            "authentication.k8s.io".into(),
+            "v1".into(),
+            "TokenRequest".into(),
+        ),
         Subresource::Proxy => (
             String::new(),
             "v1".into(),
@@ -207,7 +212,7 @@ fn resource_list(gv: &GroupVersion) -> Value {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs(),
         });
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
@@ -264,7 +269,7 @@ fn aggregated(groups: &[GroupVersion], core: bool) -> Value {
                     "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
                     "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
                     "singularResource": r.singular,
-                    "verbs": VERBS,
+                    "verbs": r.verbs(),
                 });
                 if !r.short_names.is_empty() {
                     entry["shortNames"] = json!(r.short_names);

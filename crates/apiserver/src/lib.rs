@@ -3,9 +3,11 @@
 //! One generic store serves every resource in the table (`resources`), with a small strategy per kind
 //! (`strategy`); storage is reached only through the etcd API (`storage`), so kine or a real etcd work alike.
 
+pub mod admission;
 pub mod allocators;
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod backend;
 pub mod bootstrap;
 pub mod config;
@@ -14,6 +16,7 @@ pub mod crd;
 pub mod crd_schema;
 pub mod discovery;
 pub mod handlers;
+pub mod informer;
 pub mod managed;
 pub mod meta;
 pub mod metrics;
@@ -126,6 +129,23 @@ pub async fn run_with_readiness(
             }
         }
     };
+    let signer = pki::pem_to_der(&pki.service_account_key_pem)
+        .ok_or_else(|| Error::Config("service.key is not PEM".into()))
+        .and_then(|der| auth::jwt::Signer::from_pkcs8(&der).map_err(Error::Config))?;
+    let audiences = if config.api_audiences.is_empty() {
+        vec![config.service_account_issuer.clone()]
+    } else {
+        config.api_audiences.clone()
+    };
+    let authn = auth::Authenticator::new(
+        config.token_auth_file.as_deref(),
+        auth::serviceaccount::ServiceAccounts {
+            signer,
+            issuer: config.service_account_issuer.clone(),
+            audiences,
+        },
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
     let advertise_str = advertise.to_string();
     let api = Arc::new(api::Api {
         storage: storage::Storage::new(&client),
@@ -136,6 +156,10 @@ pub async fn run_with_readiness(
         advertise: format!("{advertise_str}:{port}"),
         ready: ready.clone(),
         backends: Some(backend::Backends::new(&pki).map_err(Error::Tls)?),
+        authn,
+        rbac: authz::rbac::RbacCache::default(),
+        pods: authz::node::pods_informer(),
+        node_rules: authz::policy::cluster_role_rules("system:node"),
     });
     // Custom resources are served once their CRDs are loaded; a watch keeps following them.
     loop {
@@ -151,6 +175,8 @@ pub async fn run_with_readiness(
         }
     }
     tokio::spawn(crd::sync(api.clone(), shutdown.clone()));
+    // Authorization reads roles, bindings and pods from informers: requests wait for their first list.
+    api.start_informers(&shutdown).await;
     let serving = tokio::spawn(server::serve(
         listener,
         acceptor,
@@ -159,7 +185,11 @@ pub async fn run_with_readiness(
     ));
     tracing::info!(%addr, port, "serving the Kubernetes API");
     loop {
-        match bootstrap::run(&api, &advertise_str, port).await {
+        let done = async {
+            bootstrap::run(&api, &advertise_str, port).await?;
+            authz::policy::reconcile(&api).await
+        };
+        match done.await {
             Ok(()) => break,
             Err(err) => {
                 tracing::warn!(%err, "bootstrap objects not written yet, retrying");

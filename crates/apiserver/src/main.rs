@@ -60,6 +60,19 @@ struct Args {
     /// Extra names or IPs for the serving certificate (repeatable)
     #[arg(long = "tls-san", env = "K3RS_TLS_SAN", value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// Static bearer tokens, one `token,user,uid,"group1,group2"` per line
+    #[arg(long, env = "K3RS_TOKEN_AUTH_FILE")]
+    token_auth_file: Option<PathBuf>,
+    /// The issuer (`iss`) of service-account tokens
+    #[arg(
+        long,
+        env = "K3RS_SERVICE_ACCOUNT_ISSUER",
+        default_value = k3rs_apiserver::config::DEFAULT_ISSUER
+    )]
+    service_account_issuer: String,
+    /// Audiences tokens must be issued for (default: the issuer), comma-separated
+    #[arg(long, env = "K3RS_API_AUDIENCES", value_delimiter = ',')]
+    api_audiences: Vec<String>,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -85,6 +98,9 @@ fn main() -> ExitCode {
         service_cluster_ip_range: args.service_cluster_ip_range,
         service_node_port_range: args.service_node_port_range,
         tls_sans: args.tls_san,
+        token_auth_file: args.token_auth_file,
+        service_account_issuer: args.service_account_issuer,
+        api_audiences: args.api_audiences,
     };
     k3rs_common::signal::run_daemon("k3rs-apiserver", |shutdown| {
         k3rs_apiserver::run(config, shutdown)

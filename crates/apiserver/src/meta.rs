@@ -35,6 +35,13 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// A new object uid.
 pub fn new_uid() -> String {
     uuid::Uuid::new_v4().to_string()

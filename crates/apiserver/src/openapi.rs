@@ -190,7 +190,8 @@ impl Builder<'_> {
                         }
                     }
                     props.insert(name.clone(), schema);
-                    if f.required {
+                    // k8s-openapi never makes `metadata` optional; upstream's schemas never require it.
+                    if f.required && name != "metadata" {
                         required.push(name.clone());
                     }
                 }
@@ -419,6 +420,26 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
         for r in &gv.resources {
             let def = kind_definition(r, &r.kind);
             let list_def = kind_definition(r, &r.list_kind());
+            if r.create_only {
+                // Answered, never stored: no list kind, one POST.
+                b.add(&def);
+                let kind = gvk(&r.group, &r.version, &r.kind);
+                let coll = if r.namespaced {
+                    format!("{base}/namespaces/{{namespace}}/{}", r.plural)
+                } else {
+                    format!("{base}/{}", r.plural)
+                };
+                let mut c = operations(r, flavor, &def, &kind, true, None);
+                if let Some(obj) = c.as_object_mut() {
+                    obj.retain(|k, _| k == "post");
+                }
+                if let Some(post) = c.get_mut("post") {
+                    post["responses"] =
+                        operations(r, flavor, &def, &kind, true, None)["get"]["responses"].clone();
+                }
+                paths.insert(coll, c);
+                continue;
+            }
             if r.custom.is_some() {
                 add_custom(&mut b, r, &def, &list_def);
             } else {
@@ -466,7 +487,8 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
                     | Subresource::Exec
                     | Subresource::Attach
                     | Subresource::PortForward
-                    | Subresource::Proxy => continue,
+                    | Subresource::Proxy
+                    | Subresource::Token => continue,
                 };
                 let mut s = operations(r, flavor, &sub_def, &sub_kind, true, Some(sub.name()));
                 s["parameters"] = json!(item_params);

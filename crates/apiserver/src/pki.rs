@@ -1,5 +1,6 @@
 //! First-start PKI: a server CA and a client CA (K3s's file names under `<data-dir>/server/tls/`), the
-//! apiserver serving certificate, the admin client certificate and `<data-dir>/server/cred/admin.kubeconfig`.
+//! apiserver serving certificate, the admin client certificate, the service-account signing key
+//! (`service.key`) and `<data-dir>/server/cred/admin.kubeconfig`.
 //! Existing files are reused; the serving certificate is re-issued when a wanted SAN is missing.
 
 use std::net::IpAddr;
@@ -41,6 +42,8 @@ pub struct Pki {
     /// The client certificate the apiserver presents to kubelets.
     pub kubelet_client_cert_pem: String,
     pub kubelet_client_key_pem: String,
+    /// The service-account token signing key (PKCS#8 PEM, ECDSA P-256): `service.key`.
+    pub service_account_key_pem: String,
     pub tls_dir: PathBuf,
 }
 
@@ -253,6 +256,19 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
         "system:apiserver",
         "the apiserver's kubelet client certificate",
     )?;
+    let sa_key = tls.join("service.key");
+    let service_account_key_pem = match std::fs::read_to_string(&sa_key) {
+        Ok(pem) => pem,
+        Err(_) => {
+            let key = KeyPair::generate().map_err(|source| PkiError::Generate {
+                what: "the service-account signing key",
+                source,
+            })?;
+            let pem = key.serialize_pem();
+            write_private(&sa_key, &pem, 0o600)?;
+            pem
+        }
+    };
     let kubeconfig = kubeconfig(server_url, &server_ca, &admin_cert, &admin_key_pem);
     write_private(&cred.join("admin.kubeconfig"), &kubeconfig, 0o600)?;
     Ok(Pki {
@@ -262,6 +278,7 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
         serving_key_pem: serving_key,
         kubelet_client_cert_pem,
         kubelet_client_key_pem,
+        service_account_key_pem,
         tls_dir: tls,
     })
 }

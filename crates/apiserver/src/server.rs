@@ -95,7 +95,7 @@ async fn connection(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .and_then(|cert| crate::auth::from_certificate(cert));
+        .and_then(|cert| crate::auth::x509::from_certificate(cert));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (api, user) = (api.clone(), user.clone());
         async move { Ok::<_, Infallible>(crate::handlers::handle(api, req, user).await) }

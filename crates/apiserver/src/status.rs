@@ -186,6 +186,11 @@ impl ApiError {
             .with_details(json!({"name": name, "group": group, "kind": plural}))
     }
 
+    /// 403 for a request that names no resource (non-resource paths).
+    pub fn forbidden_plain(message: String) -> Self {
+        Self::new(403, "Forbidden", message).with_details(json!({}))
+    }
+
     pub fn method_not_allowed(verb: &str, plural: &str, group: &str) -> Self {
         Self::new(
             405,

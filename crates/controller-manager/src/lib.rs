@@ -1,10 +1,12 @@
 //! k3rs-controller-manager: the controllers that act on cluster state, each a Kubernetes API client (kube-rs)
-//! and nothing else. So far the garbage collector (`gc`): cascading deletion through ownerReferences.
+//! and nothing else. So far the garbage collector (`gc`): cascading deletion through ownerReferences; and the
+//! ClusterRole aggregation controller (`clusterrole_aggregation`).
 //!
 //! `run` serves until cancelled; the binary (`k3rs-controller-manager`) and the launcher parse flags into a
 //! [`Config`] and call it.
 #![forbid(unsafe_code)]
 
+pub mod clusterrole_aggregation;
 pub mod gc;
 mod metrics;
 
@@ -16,7 +18,7 @@ use k3rs_common::{HealthServer, HealthState, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// The controllers this build has, by upstream's names (`--controllers`).
-pub const CONTROLLERS: &[&str] = &["garbagecollector"];
+pub const CONTROLLERS: &[&str] = &["clusterrole-aggregation", "garbagecollector"];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,7 +42,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("unknown controller {0:?} (known: garbagecollector)")]
+    #[error("unknown controller {0:?} (known: clusterrole-aggregation, garbagecollector)")]
     UnknownController(String),
 }
 
@@ -100,14 +102,31 @@ pub async fn run_with_readiness(
         }
         tokio::spawn(server.serve(shutdown.clone()));
     }
+    // Ready once every enabled controller is.
+    let mut parts = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
     if enabled(&config.controllers, "garbagecollector") {
-        gc::GarbageCollector::new(client, metrics)
-            .run(shutdown, ready)
-            .await;
-    } else {
-        ready.set(true);
-        shutdown.cancelled().await;
+        let part = Readiness::new();
+        parts.push(part.clone());
+        let gc = gc::GarbageCollector::new(client.clone(), metrics);
+        tasks.spawn(gc.run(shutdown.clone(), part));
     }
+    if enabled(&config.controllers, "clusterrole-aggregation") {
+        let part = Readiness::new();
+        parts.push(part.clone());
+        tasks.spawn(clusterrole_aggregation::run(
+            client.clone(),
+            shutdown.clone(),
+            part,
+        ));
+    }
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = async { for p in &parts { p.wait().await; } } => ready.set(true),
+    }
+    shutdown.cancelled().await;
+    ready.set(false);
+    while tasks.join_next().await.is_some() {}
     tracing::info!("controller-manager stopped");
     Ok(())
 }

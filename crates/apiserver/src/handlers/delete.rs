@@ -116,6 +116,13 @@ async fn delete_one(
             .await?
             .ok_or_else(|| ApiError::not_found(&info.plural, &info.group, name))?;
         let obj = to_output(&current)?;
+        crate::admission::admit(
+            api,
+            target,
+            crate::admission::Operation::Delete,
+            Some(&obj),
+            None,
+        )?;
         let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
         if let Some(want) = &opts.uid
             && *want != uid

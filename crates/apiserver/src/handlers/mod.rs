@@ -6,6 +6,7 @@ mod list;
 mod pods;
 mod proxy;
 mod read;
+mod review;
 mod subresource;
 mod watch;
 mod write;
@@ -229,6 +230,8 @@ pub struct Target {
     pub table: Option<crate::printers::Include>,
     /// The client's `User-Agent` (the default field manager is its first segment).
     pub user_agent: String,
+    /// Who asks.
+    pub user: UserInfo,
 }
 
 impl Target {
@@ -262,27 +265,47 @@ impl Target {
     }
 }
 
-/// Serves one request for an authenticated user (or anonymous when `user` is `None`).
+/// Serves one request; `cert_user` is the user of the connection's verified client certificate.
 pub async fn handle(
     api: Arc<Api>,
     req: Request<Incoming>,
-    user: Option<UserInfo>,
+    cert_user: Option<UserInfo>,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
-    let public = matches!(
-        path.as_str(),
-        "/healthz" | "/livez" | "/readyz" | "/version"
-    ) || path.starts_with("/healthz/")
-        || path.starts_with("/livez/")
-        || path.starts_with("/readyz/");
-    if user.is_none() && !public {
-        return refuse(req, &ApiError::unauthorized()).await;
+    let user = match api
+        .authn
+        .authenticate(&api, req.headers(), cert_user.as_ref(), &path)
+        .await
+    {
+        Ok(user) => user,
+        Err(why) => {
+            tracing::debug!(%path, why = %why.0, "unauthenticated request");
+            return refuse(req, &ApiError::unauthorized()).await;
+        }
+    };
+    let parsed = request::parse(req.method(), &path, &query);
+    let attrs = match &parsed {
+        Some(info) => {
+            let mut attrs = crate::authz::Attributes::resource(&user, info);
+            if attrs.name.is_empty() && matches!(info.verb, "list" | "watch") {
+                // A list or watch of one object by field selector is authorized for that name (upstream's
+                // RequestInfo does the same).
+                if let Some(name) = single_name_selector(query.get("fieldSelector")) {
+                    attrs.name = name;
+                }
+            }
+            attrs
+        }
+        None => crate::authz::Attributes::non_resource(&user, req.method(), &path),
+    };
+    if let Err(err) = crate::authz::check(&api, &attrs) {
+        return refuse(req, &err).await;
     }
     if let Some(resp) = crate::discovery::serve(&api, &req, &path, &query) {
         return resp;
     }
-    let Some(info) = request::parse(req.method(), &path, &query) else {
+    let Some(info) = parsed else {
         return refuse(req, &ApiError::route_not_found()).await;
     };
     let Some(res) = api.registry.get(&info.group, &info.version, &info.resource) else {
@@ -310,6 +333,7 @@ pub async fn handle(
         query,
         table,
         user_agent,
+        user,
     };
     let start = std::time::Instant::now();
     let resource_label = target.info.plural.clone();
@@ -334,6 +358,20 @@ async fn dispatch(
         return subresource::serve(api, target, req, &sub).await;
     }
     let method = req.method().clone();
+    if target.info.create_only {
+        if target.req.verb != "create" || target.req.name.is_some() {
+            let err = ApiError::method_not_allowed(
+                method.as_str(),
+                &target.info.plural,
+                &target.info.group,
+            );
+            return Ok(refuse(req, &err).await);
+        }
+        let ct = content_type(req.headers());
+        let body = read_body(req.into_body()).await?;
+        let obj = decode_object(&ct, &body)?;
+        return review::create(api, &target, obj).await;
+    }
     match target.req.verb {
         "get" => read::get(api, &target).await,
         "list" => list::list(api, &target).await,
@@ -372,6 +410,15 @@ async fn dispatch(
             Ok(refuse(req, &err).await)
         }
     }
+}
+
+/// `metadata.name=<x>` (or `==`) as the whole field selector.
+fn single_name_selector(selector: Option<&str>) -> Option<String> {
+    let s = selector?.trim();
+    let v = s
+        .strip_prefix("metadata.name==")
+        .or_else(|| s.strip_prefix("metadata.name="))?;
+    (!v.is_empty() && !v.contains(',')).then(|| v.to_string())
 }
 
 /// `Method` helper for discovery's read-only routes.

@@ -132,6 +132,13 @@ pub async fn evict(
         .await?
         .ok_or_else(|| target.not_found())?;
     let pod = to_output(&current)?;
+    crate::admission::admit(
+        api,
+        target,
+        crate::admission::Operation::Create,
+        Some(&pod),
+        None,
+    )?;
     let phase = pod["status"]["phase"].as_str().unwrap_or("");
     // Terminal, pending and already-deleting pods are evicted without consulting budgets (upstream's
     // canIgnorePDB).

@@ -170,6 +170,20 @@ pub async fn serve(
     let view = match sub {
         "status" if target.info.has(Subresource::Status) => View::Status,
         "scale" if target.info.has(Subresource::Scale) => View::Scale,
+        "token" if target.info.has(Subresource::Token) => {
+            if target.req.verb != "create" {
+                let err = ApiError::method_not_allowed(
+                    target.req.verb,
+                    &format!("{}/{sub}", target.info.plural),
+                    &target.info.group,
+                );
+                return Ok(super::refuse(req, &err).await);
+            }
+            let ct = content_type(req.headers());
+            let body = read_body(req.into_body()).await?;
+            let body = super::decode_object(&ct, &body)?;
+            return super::review::token_request(api, &target, body).await;
+        }
         "binding" | "eviction" if target.info.has(Subresource::Binding) => {
             if target.req.verb != "create" {
                 let err = ApiError::method_not_allowed(

@@ -2,6 +2,7 @@
 //! patch (read, apply, guarded write, retried on conflict) and server-side apply; every write records its
 //! field manager in `metadata.managedFields`.
 
+use crate::admission::Operation;
 use hyper::Response;
 use serde_json::Value;
 
@@ -247,7 +248,7 @@ fn check_namespace(target: &Target, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 /// The namespace must exist and not be terminating (upstream's NamespaceLifecycle admission).
-async fn check_namespace_lifecycle(api: &Api, target: &Target) -> Result<(), ApiError> {
+async fn check_namespace_lifecycle(api: &Api, target: &Target, name: &str) -> Result<(), ApiError> {
     let Some(ns) = target.namespace() else {
         return Ok(());
     };
@@ -264,13 +265,13 @@ async fn check_namespace_lifecycle(api: &Api, target: &Target) -> Result<(), Api
         let mut err = ApiError::forbidden(
             &target.info.plural,
             &target.info.group,
-            meta_str(&obj, "name").unwrap_or(ns),
+            name,
             &format!(
                 "unable to create new content in namespace {ns} because it is being terminated"
             ),
         );
         err.details = Some(serde_json::json!({
-            "name": target.req.name.clone().unwrap_or_default(),
+            "name": name,
             "group": target.info.group,
             "kind": target.info.plural,
             "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}],
@@ -387,7 +388,8 @@ async fn create_object(
         };
         managed::track_update(&writer, None, &mut obj);
     }
-    check_namespace_lifecycle(api, target).await?;
+    let name = meta_str(&obj, "name").unwrap_or("").to_string();
+    check_namespace_lifecycle(api, target, &name).await?;
     for attempt in 0..8 {
         if generate {
             let base = meta_str(&obj, "generateName").unwrap_or("").to_string();
@@ -399,6 +401,7 @@ async fn create_object(
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
+        crate::admission::admit(api, target, Operation::Create, None, Some(&obj))?;
         let hooks = api.before_create(info, &mut obj).await?;
         if target.dry_run() {
             let served = crate::convert::to_served_form(info, obj);
@@ -511,6 +514,7 @@ async fn commit(
     if !causes.is_empty() {
         return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
     }
+    crate::admission::admit(api, target, Operation::Update, Some(&old), Some(&new))?;
     let pending = api.before_update(info, &old, &mut new).await?;
     // Same resourceVersion on both sides for the no-op comparison.
     super::set_resource_version(&mut new, current.mod_revision);

@@ -3,7 +3,7 @@
 use super::{NameRule, ResourceInfo, Subresource};
 
 use NameRule::{Label, Label1035, PathSegment, Subdomain};
-use Subresource::{Attach, Binding, Eviction, Exec, Log, PortForward, Proxy, Scale, Status};
+use Subresource::{Attach, Binding, Eviction, Exec, Log, PortForward, Proxy, Scale, Status, Token};
 
 /// (group, version, kind, plural, short names, categories, namespaced, etcd prefix, subresources, name rule)
 type Row = (
@@ -30,7 +30,7 @@ const TABLE: &[Row] = &[
     ("", "v1", "Node", "nodes", &["no"], &[], false, "minions", &[Status, Proxy], Subdomain),
     ("", "v1", "ConfigMap", "configmaps", &["cm"], &[], true, "configmaps", &[], Subdomain),
     ("", "v1", "Secret", "secrets", &[], &[], true, "secrets", &[], Subdomain),
-    ("", "v1", "ServiceAccount", "serviceaccounts", &["sa"], &[], true, "serviceaccounts", &[], Subdomain),
+    ("", "v1", "ServiceAccount", "serviceaccounts", &["sa"], &[], true, "serviceaccounts", &[Token], Subdomain),
     ("", "v1", "Event", "events", &["ev"], &[], true, "events", &[], Subdomain),
     ("", "v1", "PersistentVolume", "persistentvolumes", &["pv"], &[], false, "persistentvolumes", &[Status], Subdomain),
     ("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", &["pvc"], &[], true, "persistentvolumeclaims", &[Status], Subdomain),
@@ -85,8 +85,39 @@ pub fn all() -> Vec<ResourceInfo> {
                     subresources: subs.to_vec(),
                     name_rule: rule,
                     custom: None,
+                    create_only: false,
                 }
             },
         )
+        .chain(
+            CREATE_ONLY
+                .iter()
+                .map(|&(group, kind, plural, namespaced)| ResourceInfo {
+                    group: group.into(),
+                    version: "v1".into(),
+                    kind: kind.into(),
+                    plural: plural.into(),
+                    singular: kind.to_ascii_lowercase(),
+                    short_names: Vec::new(),
+                    categories: Vec::new(),
+                    namespaced,
+                    storage_prefix: String::new(),
+                    subresources: Vec::new(),
+                    name_rule: Subdomain,
+                    custom: None,
+                    create_only: true,
+                }),
+        )
         .collect()
 }
+
+/// Kinds that are answered and never stored: (group, kind, plural, namespaced).
+#[rustfmt::skip]
+const CREATE_ONLY: &[(&str, &str, &str, bool)] = &[
+    ("authentication.k8s.io", "TokenReview", "tokenreviews", false),
+    ("authentication.k8s.io", "SelfSubjectReview", "selfsubjectreviews", false),
+    ("authorization.k8s.io", "LocalSubjectAccessReview", "localsubjectaccessreviews", true),
+    ("authorization.k8s.io", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false),
+    ("authorization.k8s.io", "SelfSubjectRulesReview", "selfsubjectrulesreviews", false),
+    ("authorization.k8s.io", "SubjectAccessReview", "subjectaccessreviews", false),
+];

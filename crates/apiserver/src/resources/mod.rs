@@ -40,6 +40,8 @@ pub enum Subresource {
     PortForward,
     /// `nodes/proxy`: any request passed through to the node's kubelet.
     Proxy,
+    /// `serviceaccounts/token`: a TokenRequest for a bound service-account token.
+    Token,
 }
 
 impl Subresource {
@@ -54,6 +56,7 @@ impl Subresource {
             Subresource::Attach => "attach",
             Subresource::PortForward => "portforward",
             Subresource::Proxy => "proxy",
+            Subresource::Token => "token",
         }
     }
 
@@ -61,7 +64,7 @@ impl Subresource {
     pub fn verbs(self) -> &'static [&'static str] {
         match self {
             Subresource::Status | Subresource::Scale => SUBRESOURCE_VERBS,
-            Subresource::Binding | Subresource::Eviction => &["create"],
+            Subresource::Binding | Subresource::Eviction | Subresource::Token => &["create"],
             Subresource::Log => &["get"],
             Subresource::Exec | Subresource::Attach | Subresource::PortForward => {
                 &["create", "get"]
@@ -88,6 +91,8 @@ pub struct ResourceInfo {
     pub name_rule: NameRule,
     /// Set for custom resources (served from a CustomResourceDefinition).
     pub custom: Option<Arc<crate::crd::Custom>>,
+    /// Answered, never stored (access and token reviews): only `create` is served.
+    pub create_only: bool,
 }
 
 /// The verbs every resource in the table serves.
@@ -106,6 +111,11 @@ pub const VERBS: &[&str] = &[
 pub const SUBRESOURCE_VERBS: &[&str] = &["get", "patch", "update"];
 
 impl ResourceInfo {
+    /// The verbs the resource serves.
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.create_only { &["create"] } else { VERBS }
+    }
+
     /// `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {

@@ -125,11 +125,7 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
                 set_default(spec, "finalizers", json!(["kubernetes"]));
             }
         }
-        "Secret" => {
-            if let Some(map) = obj.as_object_mut() {
-                set_default(map, "type", json!("Opaque"));
-            }
-        }
+        "Secret" => secret(obj),
         "PersistentVolumeClaim" => {
             if let Some(spec) = obj_mut(obj, "spec") {
                 set_default(spec, "volumeMode", json!("Filesystem"));
@@ -255,6 +251,24 @@ fn service_spec(spec: &mut Map<String, Value>) {
                 set_default(port, "targetPort", p);
             }
         }
+    }
+}
+
+/// Secrets: `stringData` is merged into `data` (base64) and never stored, as upstream's conversion does;
+/// `type` defaults to `Opaque`.
+fn secret(obj: &mut Value) {
+    use base64::Engine;
+    if let Some(Value::Object(plain)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+        if !obj["data"].is_object() {
+            obj["data"] = Value::Object(serde_json::Map::new());
+        }
+        for (k, v) in plain {
+            let text = v.as_str().unwrap_or("").to_string();
+            obj["data"][k] = Value::String(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
+    if let Some(map) = obj.as_object_mut() {
+        set_default(map, "type", json!("Opaque"));
     }
 }
 

@@ -1,12 +1,6 @@
-//! Authentication: the user a request acts as. x509 client certificates signed by the client CA give
-//! user = CN and groups = O (tokens and RBAC arrive with the security work).
+//! x509 client certificates (already verified against the client CA by TLS): user = CN, groups = O.
 
-/// An authenticated user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserInfo {
-    pub name: String,
-    pub groups: Vec<String>,
-}
+use super::UserInfo;
 
 /// The user named by a verified client certificate (DER).
 pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
@@ -17,10 +11,13 @@ pub fn from_certificate(der: &[u8]) -> Option<UserInfo> {
         .next()
         .and_then(|cn| cn.as_str().ok())?
         .to_string();
-    let mut groups: Vec<String> = subject
+    let groups: Vec<String> = subject
         .iter_organization()
         .filter_map(|o| o.as_str().ok().map(str::to_string))
         .collect();
-    groups.push("system:authenticated".into());
-    Some(UserInfo { name, groups })
+    Some(UserInfo {
+        name,
+        groups,
+        ..UserInfo::default()
+    })
 }

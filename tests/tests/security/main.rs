@@ -1,0 +1,55 @@
+//! End-to-end tests of the apiserver's security (issue: PKI, authentication, RBAC, node authorizer,
+//! admission): k3rs-apiserver over kine on SQLite, with k3rs-controller-manager's ClusterRole aggregation
+//! beside it, driven with the real kubectl as different identities.
+
+mod authn;
+mod node;
+mod rbac;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k3rs_tests::{Backend, Cluster};
+
+/// The bearer tokens of the static token file every test cluster starts with.
+pub const TOKENS: &str = "alice-token,alice,1001,\"devs\"\nbob-token,bob,1002\n";
+
+pub fn run<F, Fut>(body: F)
+where
+    F: FnOnce(Cluster) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    k3rs_tests::run_test(Duration::from_secs(300), async move {
+        let files = tempfile::tempdir()?;
+        let tokens = files.path().join("tokens.csv");
+        std::fs::write(&tokens, TOKENS)?;
+        let flag = format!("--token-auth-file={}", tokens.display());
+        let c = Cluster::start_with(Backend::Sqlite, &[&flag]).await?;
+        body(c).await
+    });
+}
+
+/// Whitespace-normalised lines of a kubectl table.
+pub fn table_lines(out: &str) -> Vec<String> {
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+pub async fn eventually<F: FnMut() -> Result<bool>>(
+    what: &str,
+    timeout: Duration,
+    mut check: F,
+) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            bail!("{what}: not after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
