@@ -19,6 +19,11 @@ use crate::Error;
 use crate::api::Api;
 use crate::pki::Pki;
 
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(32);
+
 /// Builds the TLS acceptor: serving certificate, client certificates optional but verified when sent.
 pub fn acceptor(pki: &Pki) -> Result<TlsAcceptor, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -83,10 +88,16 @@ async fn connection(
     api: Arc<Api>,
     shutdown: CancellationToken,
 ) {
-    let tls = match acceptor.accept(stream).await {
-        Ok(tls) => tls,
-        Err(err) => {
+    // A client that never finishes its handshake (or its request headers, below) is dropped, so slow
+    // or stalled connections cannot pile up (upstream's ReadHeaderTimeout is 32 s too).
+    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => {
             tracing::debug!(%peer, %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
             return;
         }
     };
@@ -101,6 +112,8 @@ async fn connection(
         async move { Ok::<_, Infallible>(crate::handlers::handle(api, req, user).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(tls), service)
         .with_upgrades();
     tokio::pin!(conn);
