@@ -124,6 +124,12 @@ impl Cluster {
         self.dir.path().join("server/cred/admin.kubeconfig")
     }
 
+    /// Replaces the extra apiserver flags used from the next (re)start on.
+    pub fn set_extra_args(&mut self, args: &[&str]) {
+        let d = self.dir.path().display().to_string();
+        self.extra_args = args.iter().map(|a| a.replace("{dir}", &d)).collect();
+    }
+
     /// Restarts the apiserver on the same port and data (storage keeps running).
     pub async fn restart_apiserver(&mut self) -> Result<()> {
         self.stop_apiserver();

@@ -28,6 +28,8 @@ pub struct Config {
     pub service_account_issuer: String,
     /// `--api-audiences`: audiences a token must carry (the issuer when empty).
     pub api_audiences: Vec<String>,
+    /// `--secrets-encryption`: encrypt Secrets at rest (aescbc).
+    pub secrets_encryption: bool,
 }
 
 impl Default for Config {
@@ -45,6 +47,7 @@ impl Default for Config {
             token_auth_file: None,
             service_account_issuer: DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
+            secrets_encryption: false,
         }
     }
 }

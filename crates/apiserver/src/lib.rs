@@ -146,9 +146,25 @@ pub async fn run_with_readiness(
         },
     )
     .map_err(|e| Error::Config(e.to_string()))?;
+    // Secrets encryption: once a configuration exists it stays in use, so nothing written encrypted
+    // becomes unreadable when the flag is dropped.
+    let enc_path = storage::encryption::config_path(&config.data_dir);
+    let keys = if config.secrets_encryption || enc_path.exists() {
+        if !config.secrets_encryption {
+            tracing::warn!(path = %enc_path.display(), "an encryption configuration exists: Secrets stay encrypted");
+        }
+        Some(
+            storage::encryption::load_or_create(&enc_path)
+                .map_err(|e| Error::Config(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let encryption_config = keys.is_some().then_some(enc_path);
+    let transformer = storage::encryption::Transformer::new(keys);
     let advertise_str = advertise.to_string();
     let api = Arc::new(api::Api {
-        storage: storage::Storage::new(&client),
+        storage: storage::Storage::new(&client).with_transformer(transformer),
         registry: resources::Registry::with_builtins(),
         allocators: allocators::Allocators { ips, ports },
         metrics: metrics::Metrics::new(),
@@ -160,6 +176,7 @@ pub async fn run_with_readiness(
         rbac: authz::rbac::RbacCache::default(),
         pods: authz::node::pods_informer(),
         node_rules: authz::policy::cluster_role_rules("system:node"),
+        encryption_config,
     });
     // Custom resources are served once their CRDs are loaded; a watch keeps following them.
     loop {

@@ -73,6 +73,9 @@ struct Args {
     /// Audiences tokens must be issued for (default: the issuer), comma-separated
     #[arg(long, env = "K3RS_API_AUDIENCES", value_delimiter = ',')]
     api_audiences: Vec<String>,
+    /// Encrypt Secrets at rest (aescbc; key in <data-dir>/server/cred/encryption-config.json)
+    #[arg(long, env = "K3RS_SECRETS_ENCRYPTION")]
+    secrets_encryption: bool,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         token_auth_file: args.token_auth_file,
         service_account_issuer: args.service_account_issuer,
         api_audiences: args.api_audiences,
+        secrets_encryption: args.secrets_encryption,
     };
     k3rs_common::signal::run_daemon("k3rs-apiserver", |shutdown| {
         k3rs_apiserver::run(config, shutdown)

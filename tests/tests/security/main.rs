@@ -3,6 +3,7 @@
 //! beside it, driven with the real kubectl as different identities.
 
 mod authn;
+mod encryption;
 mod fuzz;
 mod node;
 mod rbac;

@@ -2,6 +2,7 @@
 //! pieces (responses, body decoding, stored-object conversion) every verb uses.
 
 mod delete;
+mod encrypt;
 mod list;
 mod pods;
 mod proxy;
@@ -301,6 +302,13 @@ pub async fn handle(
     };
     if let Err(err) = crate::authz::check(&api, &attrs) {
         return refuse(req, &err).await;
+    }
+    if path.starts_with(encrypt::PREFIX) {
+        let method = req.method().clone();
+        let _ = read_body(req.into_body()).await;
+        return encrypt::serve(&api, &method, &path)
+            .await
+            .unwrap_or_else(|e| error_response(&e));
     }
     if let Some(resp) = crate::discovery::serve(&api, &req, &path, &query) {
         return resp;

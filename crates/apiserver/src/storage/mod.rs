@@ -2,6 +2,7 @@
 //! update and delete guarded by the mod revision, ranged reads at a fixed revision, prefix watches.
 
 mod connect;
+pub mod encryption;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KvClient, Txn, TxnOp, TxnOpResponse,
@@ -48,10 +49,20 @@ pub struct Stored {
 }
 
 impl Stored {
-    fn from_kv(kv: &etcd_client::KeyValue) -> Self {
+    /// A key-value as read, decrypted when it was stored encrypted (a value that cannot be decrypted is
+    /// kept as it is, so decoding it fails with an internal error rather than yielding something else).
+    fn from_kv(kv: &etcd_client::KeyValue, transformer: &encryption::Transformer) -> Self {
+        let key = String::from_utf8_lossy(kv.key()).into_owned();
+        let value = match transformer.from_storage(kv.value()) {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::error!(%key, %err, "cannot decrypt a stored value");
+                kv.value().to_vec()
+            }
+        };
         Self {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            value: kv.value().to_vec(),
+            key,
+            value,
             mod_revision: kv.mod_revision(),
             create_revision: kv.create_revision(),
         }
@@ -108,6 +119,8 @@ pub enum WatchMessage {
 pub struct Storage {
     kv: KvClient,
     watch: WatchClient,
+    /// Encryption at rest (Secrets), shared with every clone.
+    pub transformer: encryption::Transformer,
 }
 
 impl std::fmt::Debug for Storage {
@@ -136,17 +149,28 @@ impl Storage {
         Self {
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
+            transformer: encryption::Transformer::default(),
         }
+    }
+
+    /// The same storage, encrypting and decrypting with `transformer`.
+    pub fn with_transformer(mut self, transformer: encryption::Transformer) -> Self {
+        self.transformer = transformer;
+        self
     }
 
     /// One object at the newest revision.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>, StorageError> {
         let resp = self.kv.clone().get(key, None).await?;
-        Ok(resp.kvs().first().map(Stored::from_kv))
+        Ok(resp
+            .kvs()
+            .first()
+            .map(|kv| Stored::from_kv(kv, &self.transformer)))
     }
 
     /// Creates `key` if it does not exist; `Changed(existing)` if it does.
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<Guarded, StorageError> {
+        let value = self.transformer.to_storage(key, value);
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key, value, None)])
@@ -161,6 +185,7 @@ impl Storage {
         value: Vec<u8>,
         expected: i64,
     ) -> Result<Guarded, StorageError> {
+        let value = self.transformer.to_storage(key, value);
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::put(key, value, None)])
@@ -196,7 +221,10 @@ impl Storage {
             return Ok(Guarded::Done(resp.header().map_or(0, |h| h.revision())));
         }
         let current = resp.op_responses().into_iter().find_map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(Stored::from_kv),
+            TxnOpResponse::Get(get) => get
+                .kvs()
+                .first()
+                .map(|kv| Stored::from_kv(kv, &self.transformer)),
             _ => None,
         });
         Ok(Guarded::Changed(current))
@@ -216,11 +244,38 @@ impl Storage {
         }
         let resp = self.kv.clone().get(start.to_vec(), Some(opts)).await?;
         Ok(Page {
-            items: resp.kvs().iter().map(Stored::from_kv).collect(),
+            items: resp
+                .kvs()
+                .iter()
+                .map(|kv| Stored::from_kv(kv, &self.transformer))
+                .collect(),
             revision: resp.header().map_or(revision, |h| h.revision()),
             more: resp.more(),
             count: resp.count(),
         })
+    }
+
+    /// Every key under `prefix` with its value as stored (not decrypted) and its mod revision.
+    pub async fn raw_values(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, Vec<u8>, i64)>, StorageError> {
+        let resp = self
+            .kv
+            .clone()
+            .get(prefix, Some(GetOptions::new().with_prefix()))
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    String::from_utf8_lossy(kv.key()).into_owned(),
+                    kv.value().to_vec(),
+                    kv.mod_revision(),
+                )
+            })
+            .collect())
     }
 
     /// Watches keys under `prefix` (or exactly `prefix` when `exact`) from `start_revision`.
@@ -242,6 +297,7 @@ impl Storage {
         Ok(Watch {
             _sender: sender,
             responses,
+            transformer: self.transformer.clone(),
         })
     }
 }
@@ -250,6 +306,7 @@ impl Storage {
 pub struct Watch {
     _sender: etcd_client::WatchRequestSender,
     responses: WatchResponseStream,
+    transformer: encryption::Transformer,
 }
 
 impl Watch {
@@ -280,10 +337,11 @@ impl Watch {
                 .iter()
                 .filter_map(|ev| {
                     let kv = ev.kv()?;
-                    let previous = ev.prev_kv().map(Stored::from_kv);
+                    let t = &self.transformer;
+                    let previous = ev.prev_kv().map(|p| Stored::from_kv(p, t));
                     Some(match ev.event_type() {
                         EventType::Put => WatchEvent::Put {
-                            current: Stored::from_kv(kv),
+                            current: Stored::from_kv(kv, t),
                             previous,
                         },
                         EventType::Delete => WatchEvent::Delete {
