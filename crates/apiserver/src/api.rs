@@ -31,6 +31,8 @@ pub struct Api {
     pub pods: std::sync::Arc<crate::informer::Informer<crate::authz::node::PodRefs>>,
     /// The node authorizer's static rules (the bootstrap `system:node` role's).
     pub node_rules: Vec<crate::authz::rbac::PolicyRule>,
+    /// The audit log, when `--audit-log-path` is set.
+    pub audit: Option<crate::audit::Auditor>,
     /// The encryption configuration file, when Secrets are encrypted at rest.
     pub encryption_config: Option<std::path::PathBuf>,
 }

@@ -30,6 +30,10 @@ pub struct Config {
     pub api_audiences: Vec<String>,
     /// `--secrets-encryption`: encrypt Secrets at rest (aescbc).
     pub secrets_encryption: bool,
+    /// `--audit-log-path`: where audit events go (none when unset).
+    pub audit_log_path: Option<PathBuf>,
+    /// `--audit-policy-file`: which requests are audited at which level (all at Metadata when unset).
+    pub audit_policy_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -48,6 +52,8 @@ impl Default for Config {
             service_account_issuer: DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
             secrets_encryption: false,
+            audit_log_path: None,
+            audit_policy_file: None,
         }
     }
 }

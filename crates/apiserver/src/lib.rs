@@ -6,6 +6,7 @@
 pub mod admission;
 pub mod allocators;
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod backend;
@@ -161,6 +162,13 @@ pub async fn run_with_readiness(
         None
     };
     let encryption_config = keys.is_some().then_some(enc_path);
+    let audit = match &config.audit_log_path {
+        Some(path) => Some(
+            audit::Auditor::open(path, config.audit_policy_file.as_deref())
+                .map_err(|e| Error::Config(format!("audit: {e}")))?,
+        ),
+        None => None,
+    };
     let transformer = storage::encryption::Transformer::new(keys);
     let advertise_str = advertise.to_string();
     let api = Arc::new(api::Api {
@@ -177,6 +185,7 @@ pub async fn run_with_readiness(
         pods: authz::node::pods_informer(),
         node_rules: authz::policy::cluster_role_rules("system:node"),
         encryption_config,
+        audit,
     });
     // Custom resources are served once their CRDs are loaded; a watch keeps following them.
     loop {

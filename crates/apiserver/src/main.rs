@@ -76,6 +76,12 @@ struct Args {
     /// Encrypt Secrets at rest (aescbc; key in <data-dir>/server/cred/encryption-config.json)
     #[arg(long, env = "K3RS_SECRETS_ENCRYPTION")]
     secrets_encryption: bool,
+    /// Write audit events (audit.k8s.io/v1 JSON lines) to this file
+    #[arg(long, env = "K3RS_AUDIT_LOG_PATH")]
+    audit_log_path: Option<PathBuf>,
+    /// Audit policy (audit.k8s.io/v1 Policy); every request at Metadata level without one
+    #[arg(long, env = "K3RS_AUDIT_POLICY_FILE")]
+    audit_policy_file: Option<PathBuf>,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -105,6 +111,8 @@ fn main() -> ExitCode {
         service_account_issuer: args.service_account_issuer,
         api_audiences: args.api_audiences,
         secrets_encryption: args.secrets_encryption,
+        audit_log_path: args.audit_log_path,
+        audit_policy_file: args.audit_policy_file,
     };
     k3rs_common::signal::run_daemon("k3rs-apiserver", |shutdown| {
         k3rs_apiserver::run(config, shutdown)

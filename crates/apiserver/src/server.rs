@@ -109,7 +109,7 @@ async fn connection(
         .and_then(|cert| crate::auth::x509::from_certificate(cert));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (api, user) = (api.clone(), user.clone());
-        async move { Ok::<_, Infallible>(crate::handlers::handle(api, req, user).await) }
+        async move { Ok::<_, Infallible>(crate::handlers::handle(api, req, user, peer.ip()).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())

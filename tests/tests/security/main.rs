@@ -2,6 +2,7 @@
 //! admission): k3rs-apiserver over kine on SQLite, with k3rs-controller-manager's ClusterRole aggregation
 //! beside it, driven with the real kubectl as different identities.
 
+mod audit;
 mod authn;
 mod encryption;
 mod fuzz;
@@ -21,12 +22,23 @@ where
     F: FnOnce(Cluster) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    run_with(&[], body)
+}
+
+/// As [`run`], with more apiserver flags (`{dir}` is the cluster's data dir).
+pub fn run_with<F, Fut>(extra: &[&str], body: F)
+where
+    F: FnOnce(Cluster) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
     k3rs_tests::run_test(Duration::from_secs(300), async move {
         let files = tempfile::tempdir()?;
         let tokens = files.path().join("tokens.csv");
         std::fs::write(&tokens, TOKENS)?;
         let flag = format!("--token-auth-file={}", tokens.display());
-        let c = Cluster::start_with(Backend::Sqlite, &[&flag]).await?;
+        let mut args = vec![flag.as_str()];
+        args.extend_from_slice(extra);
+        let c = Cluster::start_with(Backend::Sqlite, &args).await?;
         body(c).await
     });
 }

@@ -266,11 +266,55 @@ impl Target {
     }
 }
 
-/// Serves one request; `cert_user` is the user of the connection's verified client certificate.
+/// What a request turned out to be, for the audit log.
+#[derive(Default)]
+struct Seen {
+    attrs: Option<crate::authz::Attributes>,
+    decision: Option<&'static str>,
+}
+
+/// Serves one request from `peer`; `cert_user` is the user of the connection's verified client certificate.
 pub async fn handle(
     api: Arc<Api>,
     req: Request<Incoming>,
     cert_user: Option<UserInfo>,
+    peer: std::net::IpAddr,
+) -> Response<Body> {
+    let Some(auditor) = api.audit.as_ref() else {
+        return serve(api.clone(), req, cert_user, &mut Seen::default()).await;
+    };
+    let received = std::time::SystemTime::now();
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_string(), |p| p.to_string());
+    let user_agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|a| a.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut seen = Seen::default();
+    let resp = serve(api.clone(), req, cert_user, &mut seen).await;
+    let attrs = seen.attrs.unwrap_or_default();
+    auditor.log(&crate::audit::Record {
+        attrs: &attrs,
+        uri: &uri,
+        source: peer,
+        user_agent: &user_agent,
+        code: resp.status().as_u16(),
+        received,
+        decision: seen.decision,
+        streaming: attrs.verb == "watch" || resp.status() == StatusCode::SWITCHING_PROTOCOLS,
+    });
+    resp
+}
+
+async fn serve(
+    api: Arc<Api>,
+    req: Request<Incoming>,
+    cert_user: Option<UserInfo>,
+    seen: &mut Seen,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
     let query = Query::parse(req.uri().query());
@@ -282,6 +326,11 @@ pub async fn handle(
         Ok(user) => user,
         Err(why) => {
             tracing::debug!(%path, why = %why.0, "unauthenticated request");
+            seen.attrs = Some(crate::authz::Attributes::non_resource(
+                &UserInfo::default(),
+                req.method(),
+                &path,
+            ));
             return refuse(req, &ApiError::unauthorized()).await;
         }
     };
@@ -300,7 +349,10 @@ pub async fn handle(
         }
         None => crate::authz::Attributes::non_resource(&user, req.method(), &path),
     };
-    if let Err(err) = crate::authz::check(&api, &attrs) {
+    let checked = crate::authz::check(&api, &attrs);
+    seen.decision = Some(if checked.is_ok() { "allow" } else { "forbid" });
+    seen.attrs = Some(attrs);
+    if let Err(err) = checked {
         return refuse(req, &err).await;
     }
     if path.starts_with(encrypt::PREFIX) {
