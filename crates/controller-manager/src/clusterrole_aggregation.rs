@@ -46,31 +46,31 @@ pub fn aggregated_rules(role: &ClusterRole, roles: &[ClusterRole]) -> Option<Vec
         .unwrap_or_default();
     let name = role.metadata.name.as_deref().unwrap_or("");
     let mut rules: Vec<PolicyRule> = Vec::new();
-    for other in roles {
-        if other.metadata.name.as_deref() == Some(name) {
-            continue;
-        }
-        let labels = other.metadata.labels.clone().unwrap_or_default();
-        // An empty selector matches nothing, as upstream's aggregation treats it.
-        let selected = selectors.iter().any(|s| {
-            (s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
-                || s.match_expressions.as_ref().is_some_and(|m| !m.is_empty()))
-                && matches(s, &labels)
-        });
-        if !selected {
-            continue;
-        }
-        for r in other.rules.iter().flatten() {
-            if !rules.contains(r) {
-                rules.push(r.clone());
+    // Selector by selector, each one's roles in name order (`roles` is sorted), as upstream; an empty
+    // selector matches every role, as a label selector does.
+    for s in &selectors {
+        for other in roles {
+            if other.metadata.name.as_deref() == Some(name) {
+                continue;
+            }
+            let labels = other.metadata.labels.clone().unwrap_or_default();
+            if !matches(s, &labels) {
+                continue;
+            }
+            for r in other.rules.iter().flatten() {
+                if !rules.contains(r) {
+                    rules.push(r.clone());
+                }
             }
         }
     }
     Some(rules)
 }
 
-/// Writes every aggregated role whose rules are not what its selectors give.
-async fn sync(api: &Api<ClusterRole>, roles: &BTreeMap<String, ClusterRole>) {
+/// Writes every aggregated role whose rules are not what its selectors give; false when a write failed
+/// (the caller retries).
+async fn sync(api: &Api<ClusterRole>, roles: &BTreeMap<String, ClusterRole>) -> bool {
+    let mut ok = true;
     let all: Vec<ClusterRole> = roles.values().cloned().collect();
     for role in &all {
         let Some(want) = aggregated_rules(role, &all) else {
@@ -89,9 +89,13 @@ async fn sync(api: &Api<ClusterRole>, roles: &BTreeMap<String, ClusterRole>) {
         let params = PatchParams::apply(MANAGER).force();
         match api.patch(&name, &params, &Patch::Apply(&patch)).await {
             Ok(_) => tracing::info!(role = %name, rules = want.len(), "aggregated cluster role"),
-            Err(err) => tracing::warn!(role = %name, %err, "aggregating cluster role failed"),
+            Err(err) => {
+                tracing::warn!(role = %name, %err, "aggregating cluster role failed");
+                ok = false;
+            }
         }
     }
+    ok
 }
 
 /// Runs until `shutdown`; `ready` is set after the first full list has been aggregated.
@@ -101,10 +105,27 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken, ready: Readi
         let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
         let mut roles: BTreeMap<String, ClusterRole> = BTreeMap::new();
         let mut listing: Option<BTreeMap<String, ClusterRole>> = None;
+        // After a failed write the roles are synced again with backoff, even without new events.
+        let mut retry: Option<Duration> = None;
         loop {
             let ev = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 ev = stream.next() => ev,
+                _ = tokio::time::sleep(retry.unwrap_or(Duration::from_secs(3600))), if retry.is_some() => {
+                    retry = if sync(&api, &roles).await {
+                        None
+                    } else {
+                        retry.map(|d| (d * 2).min(Duration::from_secs(300)))
+                    };
+                    continue;
+                }
+            };
+            let failed_backoff = |ok: bool, r: Option<Duration>| {
+                if ok {
+                    None
+                } else {
+                    Some(r.unwrap_or(Duration::from_secs(1)))
+                }
             };
             let key = |r: &ClusterRole| r.metadata.name.clone().unwrap_or_default();
             match ev {
@@ -116,16 +137,16 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken, ready: Readi
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     roles = listing.take().unwrap_or_default();
-                    sync(&api, &roles).await;
+                    retry = failed_backoff(sync(&api, &roles).await, retry);
                     ready.set(true);
                 }
                 Some(Ok(watcher::Event::Apply(r))) => {
                     roles.insert(key(&r), r);
-                    sync(&api, &roles).await;
+                    retry = failed_backoff(sync(&api, &roles).await, retry);
                 }
                 Some(Ok(watcher::Event::Delete(r))) => {
                     roles.remove(&key(&r));
-                    sync(&api, &roles).await;
+                    retry = failed_backoff(sync(&api, &roles).await, retry);
                 }
                 Some(Err(err)) => {
                     tracing::debug!(%err, "cluster role watch failed, retrying");

@@ -169,6 +169,41 @@ spec:
     );
     let out = put_status("p1")?;
     ensure!(out.ok, "p1 status: {out:?}");
+    // Pods: only mirror pods of its own, referencing nothing else.
+    let node1_uid = c.kubectl(&["get", "node", "node1", "-o", "jsonpath={.metadata.uid}"])?;
+    let mirror = |extra: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"m","namespace":"default","annotations":{{"kubernetes.io/config.mirror":"x"}},"ownerReferences":[{{"apiVersion":"v1","kind":"Node","name":"node1","uid":"{node1_uid}","controller":true}}]}},"spec":{{"nodeName":"node1","containers":[{{"name":"c","image":"busybox"{extra}}}]}}}}"#
+        )
+    };
+    let f = c.data_dir().join("mirror.json");
+    std::fs::write(&f, mirror(r#","envFrom":[{"secretRef":{"name":"s2"}}]"#))?;
+    let out = as_node(&["create", "-f", &f.display().to_string()])?;
+    ensure!(
+        !out.ok
+            && out
+                .stderr
+                .contains(r#"node "node1" can not create pods that reference secrets"#),
+        "mirror pod with a secret: {out:?}"
+    );
+    std::fs::write(&f, mirror(""))?;
+    let out = as_node(&["create", "-f", &f.display().to_string()])?;
+    ensure!(out.ok, "plain mirror pod: {out:?}");
+    let out = as_node(&["run", "x", "--image=busybox", "-n", "default"])?;
+    ensure!(
+        !out.ok && out.stderr.contains(r#"pod does not have "kubernetes.io/config.mirror" annotation, node "node1" can only create mirror pods"#),
+        "non-mirror pod: {out:?}"
+    );
+    // Taints stay the control plane's.
+    let out = as_node(&["taint", "node", "node1", "example.com/x=y:NoSchedule"])?;
+    ensure!(
+        !out.ok
+            && out
+                .stderr
+                .contains(r#"node "node1" is not allowed to modify taints"#),
+        "taint: {out:?}"
+    );
+
     // Leases: only its own.
     let lease = |name: &str| {
         format!(

@@ -181,6 +181,88 @@ subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
         .trim()
             == "no"
     );
+    // The namespace itself is readable through a RoleBinding in it.
+    ensure!(
+        c.run_with_token(&token, &["get", "namespace", "a"])?.ok,
+        "dev reads its namespace"
+    );
+
+    // Aggregation cannot be used to escalate: alice may write ClusterRoles but holds little.
+    c.kubectl_in(&["apply", "-f", "-"], r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: role-writer}
+rules: [{apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [create, get, update, patch]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: alice-role-writer}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: role-writer}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]
+"#)?;
+    let out = alice(
+        &["create"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: grab-all}\naggregationRule:\n  clusterRoleSelectors: [{matchLabels: {kubernetes.io/bootstrapping: rbac-defaults}}]\nrules: []\n",
+    )?;
+    ensure!(
+        !out.ok
+            && out
+                .stderr
+                .contains("must have cluster-admin privileges to use an aggregationRule"),
+        "aggregation rule: {out:?}"
+    );
+    let out = c.run_with_token(
+        "alice-token",
+        &[
+            "label",
+            "clusterrole",
+            "cluster-admin",
+            "rbac.authorization.k8s.io/aggregate-to-view=true",
+        ],
+    )?;
+    ensure!(
+        !out.ok
+            && out
+                .stderr
+                .contains("is attempting to grant RBAC permissions not currently held"),
+        "labelling cluster-admin into view: {out:?}"
+    );
+
+    // Impersonation: the admin may act as the ServiceAccount; alice may not act as bob.
+    let out = c.kubectl(&[
+        "auth",
+        "can-i",
+        "create",
+        "deployments.apps",
+        "-n",
+        "a",
+        "--as=system:serviceaccount:a:dev",
+    ])?;
+    ensure!(out.trim() == "yes", "admin as dev: {out}");
+    let out = c.run(
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "deployments.apps",
+            "-n",
+            "b",
+            "--as=system:serviceaccount:a:dev",
+        ],
+        None,
+    )?;
+    ensure!(out.stdout.trim() == "no", "admin as dev in b: {out:?}");
+    let lines = table_lines(&c.kubectl(&["auth", "whoami", "--as=bob", "--as-group=devs"])?);
+    ensure!(
+        lines.contains(&"Username bob".to_string())
+            && lines.contains(&"Groups [devs system:authenticated]".to_string()),
+        "{lines:?}"
+    );
+    let out = c.run_with_token("alice-token", &["get", "pods", "-n", "a", "--as=bob"])?;
+    ensure!(
+        !out.ok && out.stderr.contains(r#"users "bob" is forbidden: User "alice" cannot impersonate resource "users" in API group "" at the cluster scope"#),
+        "alice as bob: {out:?}"
+    );
 
     // A user who changed a default role keeps the change across a restart (reconciliation only adds).
     c.kubectl(&[

@@ -20,7 +20,7 @@ pub enum Operation {
 
 /// Runs the admission checks for a write of `target`: `old` is the stored object (update, delete), `new`
 /// the object to store (create, update).
-pub fn admit(
+pub async fn admit(
     api: &Api,
     target: &Target,
     op: Operation,
@@ -34,16 +34,10 @@ pub fn admit(
         && let Some(obj) = new
     {
         let name = obj["metadata"]["name"].as_str().unwrap_or("");
-        let rules_changed = match (info.plural.as_str(), old) {
-            // An update that keeps what a role or binding grants needs no escalation check (upstream
-            // skips it when rules / roleRef are unchanged).
-            ("roles" | "clusterroles", Some(o)) => o["rules"] != obj["rules"],
-            ("rolebindings" | "clusterrolebindings", Some(o)) => {
-                o["roleRef"] != obj["roleRef"] || o["subjects"] != obj["subjects"]
-            }
-            _ => true,
-        };
-        if rules_changed {
+        // Only an update that touches nothing but what the garbage collector writes skips the check
+        // (upstream's IsOnlyMutatingGCFields): labels alone can pull a role into an aggregation.
+        let gc_only = old.is_some_and(|o| only_gc_fields(o, obj));
+        if !gc_only {
             crate::authz::confirm_no_escalation(
                 api,
                 &target.user,
@@ -51,8 +45,29 @@ pub fn admit(
                 name,
                 target.namespace().unwrap_or(""),
                 obj,
+                old.is_some_and(|o| o.get("aggregationRule").is_some_and(|a| !a.is_null())),
             )?;
         }
     }
-    node_restriction::admit(api, target, op, old, new)
+    node_restriction::admit(api, target, op, old, new).await
+}
+
+/// Whether `new` differs from `old` only in owner references and finalizers.
+fn only_gc_fields(old: &Value, new: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in [
+                "ownerReferences",
+                "finalizers",
+                "resourceVersion",
+                "managedFields",
+                "generation",
+            ] {
+                m.remove(f);
+            }
+        }
+        v
+    };
+    strip(old) == strip(new)
 }

@@ -61,8 +61,8 @@ fn labels(obj: Option<&Value>) -> serde_json::Map<String, Value> {
         .unwrap_or_default()
 }
 
-pub fn admit(
-    _api: &Api,
+pub async fn admit(
+    api: &Api,
     target: &Target,
     op: Operation,
     old: Option<&Value>,
@@ -87,8 +87,18 @@ pub fn admit(
                     format!("node {node:?} is not allowed to modify node {obj_name:?}"),
                 ));
             }
-            if op == Operation::Delete || sub == "status" {
+            if op == Operation::Delete {
                 return Ok(());
+            }
+            // The same rules hold through `nodes/status`, which may carry metadata too.
+            if op == Operation::Update
+                && old.map(|o| &o["spec"]["taints"]) != new.map(|n| &n["spec"]["taints"])
+            {
+                return Err(forbidden(
+                    target,
+                    &obj_name,
+                    format!("node {node:?} is not allowed to modify taints"),
+                ));
             }
             let (before, after) = (labels(old), labels(new));
             let mut bad: Vec<String> = after
@@ -126,23 +136,9 @@ pub fn admit(
             match (op, sub) {
                 (Operation::Create, "") => {
                     let pod = new.cloned().unwrap_or_default();
-                    if pod["metadata"]["annotations"][MIRROR_ANNOTATION].is_null() {
-                        return Err(forbidden(
-                            target,
-                            &obj_name,
-                            format!("node {node:?} can only create mirror pods"),
-                        ));
-                    }
-                    if bound(new) != node {
-                        return Err(forbidden(
-                            target,
-                            &obj_name,
-                            format!(
-                                "node {node:?} can only create pods with spec.nodeName set to itself"
-                            ),
-                        ));
-                    }
-                    Ok(())
+                    mirror_pod(api, node, &pod)
+                        .await
+                        .map_err(|why| forbidden(target, &obj_name, why))
                 }
                 (Operation::Update, "status") => {
                     if bound(old) != node {
@@ -152,6 +148,15 @@ pub fn admit(
                             format!(
                                 "node {node:?} can only update pod status for pods with spec.nodeName set to itself"
                             ),
+                        ));
+                    }
+                    if old.map(|o| &o["metadata"]["labels"])
+                        != new.map(|n| &n["metadata"]["labels"])
+                    {
+                        return Err(forbidden(
+                            target,
+                            &obj_name,
+                            format!("node {node:?} cannot update labels through pod status"),
                         ));
                     }
                     Ok(())
@@ -190,6 +195,88 @@ pub fn admit(
         }
         _ => Ok(()),
     }
+}
+
+/// What a kubelet may create: a mirror pod bound to itself, controlled by its own Node, referencing no
+/// other object (no service account, secret, configmap or claim), as upstream's `admitPodCreate`.
+async fn mirror_pod(api: &Api, node: &str, pod: &Value) -> Result<(), String> {
+    if pod["metadata"]["annotations"][MIRROR_ANNOTATION].is_null() {
+        return Err(format!(
+            "pod does not have {MIRROR_ANNOTATION:?} annotation, node {node:?} can only create mirror pods"
+        ));
+    }
+    if pod["spec"]["nodeName"].as_str() != Some(node) {
+        return Err(format!(
+            "node {node:?} can only create pods with spec.nodeName set to itself"
+        ));
+    }
+    let owners = pod["metadata"]["ownerReferences"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if owners.len() > 1 {
+        return Err(format!(
+            "node {node:?} can only create pods with a single owner reference set to itself"
+        ));
+    }
+    let Some(owner) = owners.first() else {
+        return Err(format!(
+            "node {node:?} can only create pods with an owner reference set to itself"
+        ));
+    };
+    if owner["apiVersion"] != "v1" || owner["kind"] != "Node" || owner["name"] != node {
+        return Err(format!(
+            "node {node:?} can only create pods with an owner reference set to itself"
+        ));
+    }
+    if owner["controller"] != true {
+        return Err(format!(
+            "node {node:?} can only create pods with a controller owner reference set to itself"
+        ));
+    }
+    if owner["blockOwnerDeletion"] == true {
+        return Err(format!(
+            "node {node:?} must not set blockOwnerDeletion on an owner reference"
+        ));
+    }
+    let stored = api
+        .storage
+        .get(&format!("/registry/minions/{node}"))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("node {node:?} not found"))?;
+    let node_obj: Value = serde_json::from_slice(&stored.value).map_err(|e| e.to_string())?;
+    if node_obj["metadata"]["uid"] != owner["uid"] {
+        return Err(format!("node {node} UID mismatch"));
+    }
+    if pod["spec"]["serviceAccountName"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty())
+    {
+        return Err(format!(
+            "node {node:?} can not create pods that reference a service account"
+        ));
+    }
+    let mut refs = pod.clone();
+    refs["spec"]["nodeName"] = Value::String(node.to_string());
+    if let Some(r) = crate::authz::node::pod_refs(&refs) {
+        if !r.secrets.is_empty() {
+            return Err(format!(
+                "node {node:?} can not create pods that reference secrets"
+            ));
+        }
+        if !r.config_maps.is_empty() {
+            return Err(format!(
+                "node {node:?} can not create pods that reference configmaps"
+            ));
+        }
+        if !r.claims.is_empty() {
+            return Err(format!(
+                "node {node:?} can not create pods that reference persistentvolumeclaims"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A kubelet's TokenRequest must be bound to a pod on its node (checked once the pod is read).

@@ -244,18 +244,36 @@ impl Authenticator {
         audiences: &[String],
     ) -> Result<Authenticated, Unauthorized> {
         let api_audiences = &self.service_accounts.audiences;
+        // Tokens that carry no audience are valid only for the API's own audiences (upstream's
+        // audience-agnostic wrapper): a review for another audience does not authenticate them.
+        let agnostic: Vec<String> = if audiences.is_empty() {
+            api_audiences.clone()
+        } else {
+            audiences
+                .iter()
+                .filter(|a| api_audiences.contains(a))
+                .cloned()
+                .collect()
+        };
+        let agnostic_ok = !agnostic.is_empty();
         if let Some(st) = self.static_tokens.get(token) {
+            if !agnostic_ok {
+                return Err(Unauthorized("token audiences is invalid".into()));
+            }
             return Ok(Authenticated {
                 user: st.user.clone(),
-                audiences: api_audiences.clone(),
+                audiences: agnostic,
             });
         }
         if let Some((id, secret)) = bootstrap_token(token) {
+            if !agnostic_ok {
+                return Err(Unauthorized("token audiences is invalid".into()));
+            }
             return bootstrap_user(api, id, secret)
                 .await
                 .map(|user| Authenticated {
                     user,
-                    audiences: api_audiences.clone(),
+                    audiences: agnostic,
                 })
                 .map_err(Unauthorized);
         }

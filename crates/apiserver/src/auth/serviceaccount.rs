@@ -105,7 +105,19 @@ impl ServiceAccounts {
         };
         let iss = claims["iss"].as_str().unwrap_or("");
         if iss == LEGACY_ISSUER {
-            return self.legacy(api, &claims, token).await.map(Some);
+            let mut found = self.legacy(api, &claims, token).await?;
+            if !audiences.is_empty() {
+                // Legacy tokens carry no audience: valid only for the API's own.
+                found.audiences = audiences
+                    .iter()
+                    .filter(|a| self.audiences.contains(a))
+                    .cloned()
+                    .collect();
+                if found.audiences.is_empty() {
+                    return Err("token audiences is invalid".into());
+                }
+            }
+            return Ok(Some(found));
         }
         if iss != self.issuer {
             return Ok(None);
@@ -163,7 +175,12 @@ impl ServiceAccounts {
                     "the {kind} the token is bound to has been recreated"
                 ));
             }
-            if obj["metadata"]["deletionTimestamp"].is_string() {
+            // A terminating object keeps its tokens for a minute past its deletion time (upstream's
+            // grace, so pods can still talk to the API while they shut down).
+            let deleting = obj["metadata"]["deletionTimestamp"]
+                .as_str()
+                .and_then(crate::printers::parse_rfc3339);
+            if deleting.is_some_and(|at| at + 60 < t) {
                 return Err(format!("the {kind} the token is bound to is being deleted"));
             }
             if kind == "pod" {
@@ -175,6 +192,25 @@ impl ServiceAccounts {
                     "authentication.kubernetes.io/pod-uid".into(),
                     vec![bound["uid"].as_str().unwrap_or("").into()],
                 );
+            }
+        }
+        // A token bound to a Node (alone) dies with that Node.
+        if k8s.get("pod").is_none()
+            && let Some(node) = k8s.get("node")
+        {
+            let name = node["name"].as_str().unwrap_or("");
+            let Some(info) = api.registry.get("", "v1", "nodes") else {
+                return Err("nodes are not served".into());
+            };
+            let stored = api
+                .storage
+                .get(&info.key(None, name))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("nodes \"{name}\" not found"))?;
+            let obj: Value = serde_json::from_slice(&stored.value).map_err(|e| e.to_string())?;
+            if obj["metadata"]["uid"] != node["uid"] {
+                return Err("the node the token is bound to has been recreated".into());
             }
         }
         if let Some(node) = k8s.get("node") {

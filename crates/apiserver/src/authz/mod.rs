@@ -2,6 +2,7 @@
 //! anything; then the node authorizer (kubelets); then RBAC. Denials answer upstream's 403 message. Also
 //! RBAC's escalation prevention for writes of roles and bindings, and the bootstrap policy.
 
+pub mod impersonation;
 pub mod node;
 pub mod policy;
 pub mod rbac;
@@ -32,6 +33,12 @@ pub struct Attributes {
 
 impl Attributes {
     pub fn resource(user: &UserInfo, info: &RequestInfo) -> Self {
+        // A namespace is authorized within itself (upstream's RequestInfo), so a RoleBinding in `foo`
+        // can grant reading namespace `foo`.
+        let namespace = match (&info.namespace, info.group.as_str(), info.resource.as_str()) {
+            (None, "", "namespaces") => info.name.clone().unwrap_or_default(),
+            (ns, _, _) => ns.clone().unwrap_or_default(),
+        };
         Self {
             user: user.clone(),
             verb: info.verb.to_string(),
@@ -40,7 +47,7 @@ impl Attributes {
             version: info.version.clone(),
             resource: info.resource.clone(),
             subresource: info.subresource.clone().unwrap_or_default(),
-            namespace: info.namespace.clone().unwrap_or_default(),
+            namespace,
             name: info.name.clone().unwrap_or_default(),
             path: String::new(),
         }
@@ -146,6 +153,7 @@ pub fn confirm_no_escalation(
     name: &str,
     namespace: &str,
     obj: &Value,
+    had_aggregation: bool,
 ) -> Result<(), ApiError> {
     if user.in_group(MASTERS) {
         return Ok(());
@@ -165,12 +173,19 @@ pub fn confirm_no_escalation(
         };
         authorize(api, &attrs) == Decision::Allow
     };
-    let rules: Vec<PolicyRule> = match plural {
+    let decode = |v: &Value| -> Result<Vec<PolicyRule>, ApiError> {
+        if v.is_null() {
+            return Ok(Vec::new());
+        }
+        serde_json::from_value(v.clone())
+            .map_err(|e| ApiError::bad_request(format!("decoding rules: {e}")))
+    };
+    let mut rules: Vec<PolicyRule> = match plural {
         "roles" | "clusterroles" => {
-            if permitted("escalate", plural, name) {
+            if permitted("escalate", plural, "") {
                 return Ok(());
             }
-            serde_json::from_value(obj["rules"].clone()).unwrap_or_default()
+            decode(&obj["rules"])?
         }
         "rolebindings" | "clusterrolebindings" => {
             let role_ref = &obj["roleRef"];
@@ -210,6 +225,33 @@ pub fn confirm_no_escalation(
         }
         _ => return Ok(()),
     };
+    if plural == "clusterroles"
+        && (obj.get("aggregationRule").is_some_and(|a| !a.is_null()) || had_aggregation)
+    {
+        // An aggregation rule can gather anything: setting (or changing a role that had) one takes full
+        // authority, as upstream.
+        rules.push(PolicyRule {
+            verbs: vec!["*".into()],
+            api_groups: vec!["*".into()],
+            resources: vec!["*".into()],
+            ..PolicyRule::default()
+        });
+        rules.push(PolicyRule {
+            verbs: vec!["*".into()],
+            non_resource_urls: vec!["*".into()],
+            ..PolicyRule::default()
+        });
+        let (owned, _) = api.rbac.rules_for(user, namespace);
+        if !rbac::uncovered(&owned, &rules).is_empty() {
+            return Err(ApiError::forbidden(
+                plural,
+                group,
+                name,
+                "must have cluster-admin privileges to use an aggregationRule",
+            ));
+        }
+        return Ok(());
+    }
     let (owned, errors) = api.rbac.rules_for(user, namespace);
     let missing = rbac::uncovered(&owned, &rules);
     if missing.is_empty() {

@@ -60,9 +60,10 @@ pub fn pod_refs(pod: &Value) -> Option<PodRefs> {
     let mut r = PodRefs {
         namespace: pod["metadata"]["namespace"].as_str()?.to_string(),
         node: node.to_string(),
+        // Only a named service account links the node to it (upstream adds no edge otherwise).
         service_account: spec["serviceAccountName"]
             .as_str()
-            .unwrap_or("default")
+            .unwrap_or("")
             .to_string(),
         ..PodRefs::default()
     };
@@ -203,7 +204,9 @@ pub fn authorize(api: &Api, attrs: &Attributes) -> Verdict {
                         "can only create token subresource of serviceaccount".into(),
                     );
                 }
-                let ok = related(api, node, ns, |p| p.service_account == name);
+                let ok = related(api, node, ns, |p| {
+                    !name.is_empty() && p.service_account == name
+                });
                 return if ok {
                     Verdict::Allow
                 } else {

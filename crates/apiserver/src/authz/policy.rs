@@ -238,7 +238,8 @@ impl Object {
     /// `current` with what this policy object adds (`None` when nothing is missing), as upstream's
     /// reconciliation without removing extra permissions.
     fn reconciled(&self, current: &Value) -> Option<Value> {
-        if current["metadata"]["annotations"][AUTOUPDATE] != "true" {
+        // Only an explicit "false" stops reconciliation (upstream's rule).
+        if current["metadata"]["annotations"][AUTOUPDATE] == "false" {
             return None;
         }
         let mut out = current.clone();

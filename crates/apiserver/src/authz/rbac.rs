@@ -259,10 +259,7 @@ fn resource_matches(rule: &PolicyRule, resource: &str, subresource: &str) -> boo
 
 fn non_resource_url_matches(rule: &PolicyRule, path: &str) -> bool {
     rule.non_resource_urls.iter().any(|u| {
-        u == "*"
-            || u == path
-            || u.strip_suffix('*')
-                .is_some_and(|prefix| path.starts_with(prefix))
+        u == "*" || u == path || (u.ends_with('*') && path.starts_with(u.trim_end_matches('*')))
     })
 }
 

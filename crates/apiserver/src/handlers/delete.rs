@@ -122,7 +122,8 @@ async fn delete_one(
             crate::admission::Operation::Delete,
             Some(&obj),
             None,
-        )?;
+        )
+        .await?;
         let uid = obj["metadata"]["uid"].as_str().unwrap_or("").to_string();
         if let Some(want) = &opts.uid
             && *want != uid

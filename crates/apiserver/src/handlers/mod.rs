@@ -334,6 +334,10 @@ async fn serve(
             return refuse(req, &ApiError::unauthorized()).await;
         }
     };
+    let user = match crate::authz::impersonation::impersonate(&api, req.headers(), user) {
+        Ok(user) => user,
+        Err(err) => return refuse(req, &err).await,
+    };
     let parsed = request::parse(req.method(), &path, &query);
     let attrs = match &parsed {
         Some(info) => {

@@ -138,7 +138,8 @@ pub async fn evict(
         crate::admission::Operation::Create,
         Some(&pod),
         None,
-    )?;
+    )
+    .await?;
     let phase = pod["status"]["phase"].as_str().unwrap_or("");
     // Terminal, pending and already-deleting pods are evicted without consulting budgets (upstream's
     // canIgnorePDB).

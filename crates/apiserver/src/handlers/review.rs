@@ -51,7 +51,7 @@ pub async fn create(api: &Api, target: &Target, obj: Value) -> Result<Response<B
     match target.info.kind.as_str() {
         "SelfSubjectReview" => Ok(answer(obj, json!({"userInfo": user_json(&target.user)}))),
         "TokenReview" => token_review(api, obj).await,
-        "SelfSubjectRulesReview" => Ok(rules_review(api, target, obj)),
+        "SelfSubjectRulesReview" => rules_review(api, target, obj),
         _ => access_review(api, target, obj),
     }
 }
@@ -143,8 +143,11 @@ fn access_review(api: &Api, target: &Target, obj: Value) -> Result<Response<Body
 }
 
 /// SelfSubjectRulesReview: what the caller may do in `spec.namespace`.
-fn rules_review(api: &Api, target: &Target, obj: Value) -> Response<Body> {
+fn rules_review(api: &Api, target: &Target, obj: Value) -> Result<Response<Body>, ApiError> {
     let ns = obj["spec"]["namespace"].as_str().unwrap_or("");
+    if ns.is_empty() {
+        return Err(ApiError::bad_request("no namespace on request"));
+    }
     let user = &target.user;
     let (rules, errors) = api.rbac.rules_for(user, ns);
     let mut resource_rules = Vec::new();
@@ -183,7 +186,7 @@ fn rules_review(api: &Api, target: &Target, obj: Value) -> Response<Body> {
             many => format!("[{}]", many.join(", ")),
         });
     }
-    answer(obj, status)
+    Ok(answer(obj, status))
 }
 
 async fn token_review(api: &Api, obj: Value) -> Result<Response<Body>, ApiError> {
@@ -216,7 +219,19 @@ pub async fn token_request(
     let ns = target.namespace().unwrap_or("default").to_string();
     let name = target.name().to_string();
     let sa = get(api, "serviceaccounts", &ns, &name).await?;
+    if !(obj["spec"].is_object() || obj["spec"].is_null())
+        || !(obj["spec"]["boundObjectRef"].is_object() || obj["spec"]["boundObjectRef"].is_null())
+    {
+        return Err(ApiError::bad_request(
+            "error decoding TokenRequest: spec must be an object",
+        ));
+    }
     let spec = &obj["spec"];
+    if !(spec["expirationSeconds"].is_null() || spec["expirationSeconds"].is_i64()) {
+        return Err(ApiError::bad_request(
+            "error decoding TokenRequest: spec.expirationSeconds must be an integer",
+        ));
+    }
     let expiration = spec["expirationSeconds"].as_i64().unwrap_or(3600);
     let tr_invalid = |field: &str, value: &Value, detail: &str| {
         ApiError::invalid(
@@ -255,11 +270,9 @@ pub async fn token_request(
             "Secret" => ("secrets", Some(ns.as_str())),
             "Node" => ("nodes", None),
             other => {
-                return Err(tr_invalid(
-                    "spec.boundObjectRef.kind",
-                    &json!(other),
-                    "supported values: \"Pod\", \"Secret\", \"Node\"",
-                ));
+                return Err(ApiError::bad_request(format!(
+                    "cannot bind token for serviceaccount {name:?} to object of kind {other:?}"
+                )));
             }
         };
         let found = get_opt(api, plural, obj_ns, bname)
@@ -277,6 +290,16 @@ pub async fn token_request(
                     "the UID in the bound object reference ({want}) does not match the UID in record. The object might have been deleted and then recreated"
                 ),
             ));
+        }
+        if kind == "Pod"
+            && found["spec"]["serviceAccountName"]
+                .as_str()
+                .unwrap_or("default")
+                != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+            )));
         }
         if kind == "Pod" || crate::authz::node::node_identity(&target.user).is_some() {
             crate::admission::node_restriction::check_token_binding(
@@ -322,12 +345,18 @@ pub async fn token_request(
         .issue(&req)
         .map_err(ApiError::internal)?;
     let mut out = obj.clone();
+    if !out["spec"].is_object() {
+        out["spec"] = json!({});
+    }
     out["apiVersion"] = json!("authentication.k8s.io/v1");
     out["kind"] = json!("TokenRequest");
     let meta = crate::meta::metadata_mut(&mut out);
     meta.insert("name".into(), json!(name));
     meta.insert("namespace".into(), json!(ns));
-    meta.entry("creationTimestamp").or_insert(Value::Null);
+    meta.insert(
+        "creationTimestamp".into(),
+        json!(crate::meta::now_rfc3339()),
+    );
     out["spec"]["audiences"] = json!(audiences);
     out["spec"]["expirationSeconds"] = json!(expiration);
     if !out["spec"]["boundObjectRef"].is_object() {

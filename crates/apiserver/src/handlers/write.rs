@@ -401,7 +401,7 @@ async fn create_object(
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
-        crate::admission::admit(api, target, Operation::Create, None, Some(&obj))?;
+        crate::admission::admit(api, target, Operation::Create, None, Some(&obj)).await?;
         let hooks = api.before_create(info, &mut obj).await?;
         if target.dry_run() {
             let served = crate::convert::to_served_form(info, obj);
@@ -514,7 +514,7 @@ async fn commit(
     if !causes.is_empty() {
         return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
     }
-    crate::admission::admit(api, target, Operation::Update, Some(&old), Some(&new))?;
+    crate::admission::admit(api, target, Operation::Update, Some(&old), Some(&new)).await?;
     let pending = api.before_update(info, &old, &mut new).await?;
     // Same resourceVersion on both sides for the no-op comparison.
     super::set_resource_version(&mut new, current.mod_revision);
