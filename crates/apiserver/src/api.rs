@@ -29,6 +29,12 @@ pub struct Api {
     pub rbac: crate::authz::rbac::RbacCache,
     /// What pods on each node reference, for the node authorizer.
     pub pods: std::sync::Arc<crate::informer::Informer<crate::authz::node::PodRefs>>,
+    /// What admission reads on every pod create: LimitRanges, PriorityClasses, ResourceQuotas (to know
+    /// which namespaces have any) and Namespaces (PodSecurity labels).
+    pub limit_ranges: std::sync::Arc<crate::informer::Informer<Value>>,
+    pub priority_classes: std::sync::Arc<crate::informer::Informer<Value>>,
+    pub quotas: std::sync::Arc<crate::informer::Informer<Value>>,
+    pub namespaces: std::sync::Arc<crate::informer::Informer<Value>>,
     /// The node authorizer's static rules (the bootstrap `system:node` role's).
     pub node_rules: Vec<crate::authz::rbac::PolicyRule>,
     /// The audit log, when `--audit-log-path` is set.
@@ -72,6 +78,15 @@ impl Api {
             tokio::spawn(inf.clone().run(self.clone(), shutdown.clone()));
         }
         tokio::spawn(self.pods.clone().run(self.clone(), shutdown.clone()));
+        let plain = [
+            &self.limit_ranges,
+            &self.priority_classes,
+            &self.quotas,
+            &self.namespaces,
+        ];
+        for inf in plain {
+            tokio::spawn(inf.clone().run(self.clone(), shutdown.clone()));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => {}
             _ = async {
@@ -80,6 +95,9 @@ impl Api {
                 r.role_bindings.wait_synced().await;
                 r.cluster_role_bindings.wait_synced().await;
                 self.pods.wait_synced().await;
+                for inf in plain {
+                    inf.wait_synced().await;
+                }
             } => {}
         }
     }
@@ -155,6 +173,9 @@ impl Api {
 
     /// Runs after an object was deleted from storage.
     pub async fn after_delete(&self, info: &ResourceInfo, obj: &Value) {
+        if let Some(ns) = obj["metadata"]["namespace"].as_str() {
+            crate::admission::resource_quota::refresh(self, ns, false).await;
+        }
         if is_crd(info) {
             // The CRD is gone: so are its objects (upstream's customresourcecleanup finalizer).
             let name = obj["metadata"]["name"].as_str().unwrap_or("");

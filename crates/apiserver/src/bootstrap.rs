@@ -1,5 +1,6 @@
 //! Objects every cluster has, reconciled at start: the system namespaces, the `default/kubernetes` Service
-//! with its Endpoints and EndpointSlice pointing at this apiserver, and the allocators' repair.
+//! with its Endpoints and EndpointSlice pointing at this apiserver, the system PriorityClasses, and the
+//! allocators' repair.
 
 use serde_json::{Value, json};
 
@@ -64,6 +65,23 @@ pub async fn run(api: &Api, advertise: &str, port: u16) -> Result<(), ApiError> 
         ensure(api, "", "namespaces", obj, &[]).await?;
     }
     api.allocators.repair(&api.storage).await?;
+    // Upstream's system priority classes.
+    for (name, value, description) in [
+        (
+            "system-node-critical",
+            2_000_001_000,
+            "Used for system critical pods that must not be moved from their current node.",
+        ),
+        (
+            "system-cluster-critical",
+            2_000_000_000,
+            "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+        ),
+    ] {
+        let pc = json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": name},
+            "value": value, "description": description, "preemptionPolicy": "PreemptLowerPriority"});
+        ensure(api, "scheduling.k8s.io", "priorityclasses", pc, &[]).await?;
+    }
     let first_ip = api.allocators.ips.first().to_string();
     let svc = json!({
         "apiVersion": "v1", "kind": "Service",

@@ -16,6 +16,11 @@ use crate::watchcache::Next;
 /// Converts a stored object to what the informer keeps (`None` skips it).
 pub type Convert<T> = fn(&Value) -> Option<T>;
 
+/// Keeps objects as they are.
+pub fn whole(v: &Value) -> Option<Value> {
+    Some(v.clone())
+}
+
 /// The objects of one resource, keyed by their etcd key.
 pub struct Informer<T> {
     prefix: String,

@@ -184,6 +184,22 @@ pub async fn run_with_readiness(
         rbac: authz::rbac::RbacCache::default(),
         pods: authz::node::pods_informer(),
         node_rules: authz::policy::cluster_role_rules("system:node"),
+        limit_ranges: Arc::new(informer::Informer::new(
+            "/registry/limitranges",
+            informer::whole,
+        )),
+        priority_classes: Arc::new(informer::Informer::new(
+            "/registry/priorityclasses",
+            informer::whole,
+        )),
+        quotas: Arc::new(informer::Informer::new(
+            "/registry/resourcequotas",
+            informer::whole,
+        )),
+        namespaces: Arc::new(informer::Informer::new(
+            "/registry/namespaces",
+            informer::whole,
+        )),
         encryption_config,
         audit,
     });

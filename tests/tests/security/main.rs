@@ -2,6 +2,7 @@
 //! admission): k3rs-apiserver over kine on SQLite, with k3rs-controller-manager's ClusterRole aggregation
 //! beside it, driven with the real kubectl as different identities.
 
+mod admission;
 mod audit;
 mod authn;
 mod encryption;

@@ -1,8 +1,15 @@
-//! Admission: checks that run on a write after authorization and validation, before it is stored, in
-//! upstream's order. So far RBAC's escalation prevention (upstream runs it in the RBAC storage; here it
-//! sits at the same point of the write) and NodeRestriction; NamespaceLifecycle lives in the write path.
+//! Admission, in upstream's order. Mutating plugins run on the defaulted object before validation
+//! (`mutate`: LimitRanger defaults, Priority, DefaultTolerationSeconds, DefaultStorageClass); validating
+//! plugins after it, before the write is stored (`admit`: RBAC's escalation prevention — upstream runs it
+//! in the RBAC storage, here it sits at the same point — LimitRanger's bounds, NodeRestriction,
+//! PodSecurity, ResourceQuota). NamespaceLifecycle lives in the write path.
 
+pub mod defaults;
+pub mod limit_ranger;
 pub mod node_restriction;
+pub mod pod_security;
+pub mod quantity;
+pub mod resource_quota;
 
 use serde_json::Value;
 
@@ -18,15 +25,55 @@ pub enum Operation {
     Delete,
 }
 
-/// Runs the admission checks for a write of `target`: `old` is the stored object (update, delete), `new`
-/// the object to store (create, update).
+fn is_core(target: &Target, plural: &str) -> bool {
+    target.info.group.is_empty() && target.info.custom.is_none() && target.info.plural == plural
+}
+
+/// The LimitRanges of a namespace.
+fn limit_ranges(api: &Api, ns: &str) -> Vec<Value> {
+    api.limit_ranges
+        .list(&format!("/registry/limitranges/{ns}/"))
+        .iter()
+        .map(|v| (**v).clone())
+        .collect()
+}
+
+/// The mutating plugins, on a new object (after defaulting, before validation).
+pub async fn mutate(
+    api: &Api,
+    target: &Target,
+    op: Operation,
+    obj: &mut Value,
+) -> Result<(), ApiError> {
+    if op != Operation::Create || target.req.subresource.is_some() {
+        return Ok(());
+    }
+    if is_core(target, "pods") {
+        let ns = target.namespace().unwrap_or("");
+        if let Some(note) = limit_ranger::default_pod(&limit_ranges(api, ns), obj) {
+            crate::meta::metadata_mut(obj)
+                .entry("annotations")
+                .or_insert_with(|| serde_json::json!({}))["kubernetes.io/limit-ranger"] =
+                Value::String(note);
+        }
+        defaults::priority(api, target, obj)?;
+        defaults::toleration_seconds(obj);
+    } else if is_core(target, "persistentvolumeclaims") {
+        defaults::storage_class(api, obj).await?;
+    }
+    Ok(())
+}
+
+/// Runs the validating checks for a write of `target`: `old` is the stored object (update, delete), `new`
+/// the object to store (create, update). Returns warnings for the client.
 pub async fn admit(
     api: &Api,
     target: &Target,
     op: Operation,
     old: Option<&Value>,
     new: Option<&Value>,
-) -> Result<(), ApiError> {
+) -> Result<Vec<String>, ApiError> {
+    let mut warnings = Vec::new();
     let info = &target.info;
     if info.group == "rbac.authorization.k8s.io"
         && info.custom.is_none()
@@ -49,7 +96,92 @@ pub async fn admit(
             )?;
         }
     }
-    node_restriction::admit(api, target, op, old, new).await
+    let name = new
+        .or(old)
+        .and_then(|o| o["metadata"]["name"].as_str())
+        .unwrap_or("")
+        .to_string();
+    if op == Operation::Create
+        && target.req.subresource.is_none()
+        && is_core(target, "pods")
+        && let Some(pod) = new
+    {
+        let errs =
+            limit_ranger::validate_pod(&limit_ranges(api, target.namespace().unwrap_or("")), pod);
+        if !errs.is_empty() {
+            let why = match errs.as_slice() {
+                [one] => one.clone(),
+                many => format!("[{}]", many.join(", ")),
+            };
+            return Err(ApiError::forbidden(&info.plural, &info.group, &name, &why));
+        }
+    }
+    node_restriction::admit(api, target, op, old, new).await?;
+    if op == Operation::Create
+        && target.req.subresource.is_none()
+        && let Some(obj) = new
+    {
+        pod_security_check(api, target, &name, obj, &mut warnings)?;
+        resource_quota::admit_create(api, target, obj).await?;
+    }
+    Ok(warnings)
+}
+
+/// PodSecurity for a new pod (enforced) or pod-template workload (warnings only).
+fn pod_security_check(
+    api: &Api,
+    target: &Target,
+    name: &str,
+    obj: &Value,
+    warnings: &mut Vec<String>,
+) -> Result<(), ApiError> {
+    let info = &target.info;
+    if info.custom.is_some() {
+        return Ok(());
+    }
+    let Some(ns) = target.namespace() else {
+        return Ok(());
+    };
+    let Some((meta, spec)) = pod_security::pod_parts(&info.kind, obj) else {
+        return Ok(());
+    };
+    let Some(namespace) = api.namespaces.get(&format!("/registry/namespaces/{ns}")) else {
+        return Ok(());
+    };
+    let is_pod = info.kind == "Pod";
+    if is_pod && let Some((level, version)) = pod_security::level(&namespace, "enforce") {
+        let failures = pod_security::evaluate(&level, meta, spec);
+        if !failures.is_empty() {
+            return Err(ApiError::forbidden(
+                &info.plural,
+                &info.group,
+                name,
+                &pod_security::message(&level, &version, &failures),
+            ));
+        }
+    }
+    // Workloads are warned about their template against the enforce level too (upstream).
+    let modes: &[&str] = if is_pod {
+        &["warn"]
+    } else {
+        &["enforce", "warn"]
+    };
+    for mode in modes {
+        if let Some((level, version)) = pod_security::level(&namespace, mode) {
+            let failures = pod_security::evaluate(&level, meta, spec);
+            if !failures.is_empty() {
+                let w = pod_security::message(&level, &version, &failures).replacen(
+                    "violates",
+                    "would violate",
+                    1,
+                );
+                if !warnings.contains(&w) {
+                    warnings.push(w);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `new` differs from `old` only in owner references and finalizers.

@@ -379,6 +379,7 @@ async fn create_object(
         );
     }
     strategy::prepare_create(info, &mut obj);
+    crate::admission::mutate(api, target, Operation::Create, &mut obj).await?;
     check_depth(&obj)?;
     if let Some(manager) = manager {
         let writer = Writer {
@@ -401,7 +402,11 @@ async fn create_object(
         if !causes.is_empty() {
             return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
         }
-        crate::admission::admit(api, target, Operation::Create, None, Some(&obj)).await?;
+        let mut warnings = warnings.to_vec();
+        warnings.extend(
+            crate::admission::admit(api, target, Operation::Create, None, Some(&obj)).await?,
+        );
+        let warnings = warnings.as_slice();
         let hooks = api.before_create(info, &mut obj).await?;
         if target.dry_run() {
             let served = crate::convert::to_served_form(info, obj);
@@ -412,6 +417,10 @@ async fn create_object(
             Guarded::Done(rev) => {
                 super::set_resource_version(&mut obj, rev);
                 api.after_write(info, &obj);
+                if let Some(ns) = target.namespace() {
+                    let force = info.group.is_empty() && info.plural == "resourcequotas";
+                    crate::admission::resource_quota::refresh(api, ns, force).await;
+                }
                 let served = crate::convert::to_served_form(info, obj);
                 return Ok(with_warnings(json_response(201, &served), warnings));
             }
@@ -514,6 +523,7 @@ async fn commit(
     if !causes.is_empty() {
         return Err(ApiError::invalid(&info.kind, &info.group, &name, causes));
     }
+    // (Warnings of validating admission on updates are not returned yet.)
     crate::admission::admit(api, target, Operation::Update, Some(&old), Some(&new)).await?;
     let pending = api.before_update(info, &old, &mut new).await?;
     // Same resourceVersion on both sides for the no-op comparison.
@@ -560,6 +570,10 @@ async fn commit(
             api.update_stored(pending).await;
             super::set_resource_version(&mut new, rev);
             api.after_write(info, &new);
+            if let Some(ns) = target.namespace() {
+                let force = info.group.is_empty() && info.plural == "resourcequotas";
+                crate::admission::resource_quota::refresh(api, ns, force).await;
+            }
             Ok(Some(new))
         }
         Ok(Guarded::Changed(_)) => {

@@ -229,6 +229,16 @@ impl Registry {
             .cloned()
     }
 
+    /// The first served version of `<plural>.<group>` (all versions share one storage prefix).
+    pub fn get_any_version(&self, group: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
+        self.inner
+            .read()
+            .order
+            .iter()
+            .find(|r| r.group == group && r.plural == plural && !r.create_only)
+            .cloned()
+    }
+
     /// The resource of a kind in a group-version (used to check bodies' `kind`).
     pub fn by_kind(&self, group: &str, version: &str, kind: &str) -> Option<Arc<ResourceInfo>> {
         self.inner

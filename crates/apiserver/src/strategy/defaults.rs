@@ -28,8 +28,10 @@ pub fn apply_defaults(kind: &str, obj: &mut Value) {
         "Pod" => {
             if let Some(spec) = obj_mut(obj, "spec") {
                 pod_spec(spec);
+                requests_from_limits(spec);
             }
         }
+        "LimitRange" => limit_range(obj),
         "PodTemplate" => template_in(obj, &["template"]),
         "ReplicationController" => {
             set_replicas(obj);
@@ -249,6 +251,58 @@ fn service_spec(spec: &mut Map<String, Value>) {
             }
             if let Some(p) = port.get("port").cloned() {
                 set_default(port, "targetPort", p);
+            }
+        }
+    }
+}
+
+/// A pod's containers request what they limit when they name no request (upstream's `SetDefaults_Pod`;
+/// pod templates are left alone).
+fn requests_from_limits(spec: &mut Map<String, Value>) {
+    for list in ["containers", "initContainers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let Some(limits) = c["resources"]["limits"].as_object().cloned() else {
+                continue;
+            };
+            if !c["resources"]["requests"].is_object() {
+                c["resources"]["requests"] = json!({});
+            }
+            for (k, v) in limits {
+                if c["resources"]["requests"].get(&k).is_none() {
+                    c["resources"]["requests"][k] = v;
+                }
+            }
+        }
+    }
+}
+
+/// Container limit ranges: the default limit falls back to the max, the default request to the default
+/// limit, then to the min (upstream's `SetDefaults_LimitRangeItem`).
+fn limit_range(obj: &mut Value) {
+    for item in obj["spec"]["limits"].as_array_mut().into_iter().flatten() {
+        if item["type"] != "Container" {
+            continue;
+        }
+        for (from, to) in [
+            ("max", "default"),
+            ("default", "defaultRequest"),
+            ("min", "defaultRequest"),
+        ] {
+            let Some(src) = item[from].as_object().cloned() else {
+                continue;
+            };
+            if !item[to].is_object() {
+                item[to] = json!({});
+            }
+            for (k, v) in src {
+                if item[to].get(&k).is_none() {
+                    item[to][k] = v;
+                }
             }
         }
     }
