@@ -37,6 +37,8 @@ pub struct Api {
     pub namespaces: std::sync::Arc<crate::informer::Informer<Value>>,
     /// The node authorizer's static rules (the bootstrap `system:node` role's).
     pub node_rules: Vec<crate::authz::rbac::PolicyRule>,
+    /// The agent join path (`/cacerts`, `/v1-k3rs/node-credentials`).
+    pub supervisor: Option<crate::supervisor::Supervisor>,
     /// The audit log, when `--audit-log-path` is set.
     pub audit: Option<crate::audit::Auditor>,
     /// The encryption configuration file, when Secrets are encrypted at rest.

@@ -112,3 +112,25 @@ pub async fn run(api: &Api, advertise: &str, port: u16) -> Result<(), ApiError> 
     .await?;
     Ok(())
 }
+
+/// Records a `CertificateExpirationWarning` event (on the server's Node) for each certificate renewed at
+/// this start because it was close to expiry.
+pub async fn certificate_events(api: &Api, renewed: &[String], node: &str) -> Result<(), ApiError> {
+    for file in renewed {
+        let now = crate::meta::now_rfc3339();
+        let name = format!("{node}.{}", crate::meta::name_suffix());
+        let event = json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "kube-system"},
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node},
+            "reason": "CertificateExpirationWarning",
+            "type": "Warning",
+            "message": format!("Certificate {file} would expire within {} days; it has been renewed", crate::pki::RENEW_DAYS),
+            "source": {"component": "k3rs-apiserver", "host": node},
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "reportingComponent": "k3rs-apiserver", "reportingInstance": node,
+        });
+        ensure(api, "", "events", event, &[]).await?;
+    }
+    Ok(())
+}

@@ -30,6 +30,10 @@ pub struct Config {
     pub api_audiences: Vec<String>,
     /// `--secrets-encryption`: encrypt Secrets at rest (aescbc).
     pub secrets_encryption: bool,
+    /// `--token`: the join token's secret (or a whole `K10…` token); generated when unset.
+    pub token: Option<String>,
+    /// `--agent-token`: a second secret that joins agents only.
+    pub agent_token: Option<String>,
     /// `--audit-log-path`: where audit events go (none when unset).
     pub audit_log_path: Option<PathBuf>,
     /// `--audit-policy-file`: which requests are audited at which level (all at Metadata when unset).
@@ -52,6 +56,8 @@ impl Default for Config {
             service_account_issuer: DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
             secrets_encryption: false,
+            token: None,
+            agent_token: None,
             audit_log_path: None,
             audit_policy_file: None,
         }

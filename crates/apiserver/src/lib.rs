@@ -35,6 +35,7 @@ pub mod server;
 pub mod status;
 pub mod storage;
 pub mod strategy;
+pub mod supervisor;
 pub mod watchcache;
 
 use std::net::SocketAddr;
@@ -162,6 +163,13 @@ pub async fn run_with_readiness(
         None
     };
     let encryption_config = keys.is_some().then_some(enc_path);
+    let supervisor = supervisor::Supervisor::setup(
+        &config.data_dir,
+        &pki,
+        config.token.as_deref(),
+        config.agent_token.as_deref(),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
     let audit = match &config.audit_log_path {
         Some(path) => Some(
             audit::Auditor::open(path, config.audit_policy_file.as_deref())
@@ -202,6 +210,7 @@ pub async fn run_with_readiness(
         )),
         encryption_config,
         audit,
+        supervisor: Some(supervisor),
     });
     // Custom resources are served once their CRDs are loaded; a watch keeps following them.
     loop {
@@ -229,6 +238,7 @@ pub async fn run_with_readiness(
     loop {
         let done = async {
             bootstrap::run(&api, &advertise_str, port).await?;
+            bootstrap::certificate_events(&api, &pki.renewed, &names.hostname).await?;
             authz::policy::reconcile(&api).await
         };
         match done.await {

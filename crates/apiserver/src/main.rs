@@ -15,6 +15,8 @@ use k3rs_common::logging::{self, LogFormat};
     about = "The Kubernetes API over the etcd v3 API"
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// etcd API endpoints, comma-separated: unix:///path/kine.sock, http(s)://host:2379
     #[arg(
         long,
@@ -76,6 +78,12 @@ struct Args {
     /// Encrypt Secrets at rest (aescbc; key in <data-dir>/server/cred/encryption-config.json)
     #[arg(long, env = "K3RS_SECRETS_ENCRYPTION")]
     secrets_encryption: bool,
+    /// The join token (K10… or its secret); generated into <data-dir>/server/token when unset
+    #[arg(long, env = "K3RS_TOKEN")]
+    token: Option<String>,
+    /// A token that joins agents only (written to <data-dir>/server/agent-token)
+    #[arg(long, env = "K3RS_AGENT_TOKEN")]
+    agent_token: Option<String>,
     /// Write audit events (audit.k8s.io/v1 JSON lines) to this file
     #[arg(long, env = "K3RS_AUDIT_LOG_PATH")]
     audit_log_path: Option<PathBuf>,
@@ -90,8 +98,57 @@ struct Args {
     debug: bool,
 }
 
+/// Maintenance commands (the launcher offers the same as `k3rs certificate …`).
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Certificates under <data-dir>/server/tls
+    Certificate {
+        #[command(subcommand)]
+        action: CertAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum CertAction {
+    /// List every certificate with its expiry
+    Check,
+    /// Set leaf certificates aside so the next start issues new ones under the same CAs (stop the server first)
+    Rotate {
+        /// Only this service's certificates
+        #[arg(long)]
+        service: Option<String>,
+    },
+}
+
+fn certificate(data_dir: &std::path::Path, action: CertAction) -> ExitCode {
+    let result = match action {
+        CertAction::Check => k3rs_apiserver::pki::check(data_dir)
+            .map(|rows| print!("{}", k3rs_apiserver::pki::table(&rows))),
+        CertAction::Rotate { service } => k3rs_apiserver::pki::rotate(data_dir, service.as_deref())
+            .map(|moved| {
+                for f in &moved {
+                    println!("set aside {f}");
+                }
+                println!(
+                    "{} files set aside; restart the server to issue new certificates",
+                    moved.len()
+                );
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Certificate { action }) = args.command {
+        return certificate(&args.data_dir, action);
+    }
     logging::init(args.log_format, if args.debug { "debug" } else { "info" });
     let config = Config {
         etcd_servers: args.etcd_servers,
@@ -111,6 +168,8 @@ fn main() -> ExitCode {
         service_account_issuer: args.service_account_issuer,
         api_audiences: args.api_audiences,
         secrets_encryption: args.secrets_encryption,
+        token: args.token,
+        agent_token: args.agent_token,
         audit_log_path: args.audit_log_path,
         audit_policy_file: args.audit_policy_file,
     };

@@ -1,6 +1,7 @@
 //! Plumbing shared by every k3rs daemon: logging set-up, the one signal handler, readiness, and the health/metrics HTTP endpoint.
 
 pub mod health;
+pub mod join;
 pub mod logging;
 pub mod readiness;
 pub mod signal;

@@ -7,6 +7,7 @@ mod audit;
 mod authn;
 mod encryption;
 mod fuzz;
+mod join;
 mod node;
 mod rbac;
 
