@@ -207,6 +207,19 @@ impl Cluster {
 
     /// A raw HTTPS GET without a client certificate (anonymous, or with `token`): (status, body).
     pub fn raw_get(&self, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+        let headers: Vec<(String, String)> = token
+            .map(|t| vec![("Authorization".to_string(), format!("Bearer {t}"))])
+            .unwrap_or_default();
+        self.raw_request(path, &headers, None)
+    }
+
+    /// A raw HTTPS GET with extra headers and optionally a client certificate (PEM cert, PEM key).
+    pub fn raw_request(
+        &self,
+        path: &str,
+        headers: &[(String, String)],
+        client_cert: Option<(&str, &str)>,
+    ) -> Result<(u16, String)> {
         use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
         use std::io::{Read, Write};
         let ca = std::fs::read(self.dir.path().join("server/tls/server-ca.crt"))?;
@@ -215,18 +228,27 @@ impl Cluster {
             roots.add(cert?)?;
         }
         let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            .with_root_certificates(roots);
+        let config = match client_cert {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())?;
+                builder.with_client_auth_cert(chain, key)?
+            }
+            None => builder.with_no_client_auth(),
+        };
         let name = ServerName::try_from("127.0.0.1")?.to_owned();
         let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
         let sock = std::net::TcpStream::connect(("127.0.0.1", self.port))?;
         sock.set_read_timeout(Some(Duration::from_secs(10)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let auth: String = headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\r\n"))
+            .collect();
         write!(
             tls,
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"

@@ -23,6 +23,8 @@ pub struct Api {
     pub ready: k3rs_common::Readiness,
     /// Reaches kubelets (logs, exec, attach, port-forward, node proxy) and pods (pod and service proxy).
     pub backends: Option<crate::backend::Backends>,
+    /// The CAs client certificates come from (users, front proxies).
+    pub client_cas: Option<crate::auth::x509::ClientCas>,
     /// Who a request is (certificates, tokens).
     pub authn: crate::auth::Authenticator,
     /// Roles and bindings, kept current for the RBAC authorizer.

@@ -30,6 +30,9 @@ pub struct Config {
     pub api_audiences: Vec<String>,
     /// `--secrets-encryption`: encrypt Secrets at rest (aescbc).
     pub secrets_encryption: bool,
+    /// `--requestheader-allowed-names`: front-proxy certificate names whose `X-Remote-*` headers are
+    /// trusted (any certificate from the request-header CA when empty).
+    pub requestheader_allowed_names: Vec<String>,
     /// `--token`: the join token's secret (or a whole `K10…` token); generated when unset.
     pub token: Option<String>,
     /// `--agent-token`: a second secret that joins agents only.
@@ -56,6 +59,7 @@ impl Default for Config {
             service_account_issuer: DEFAULT_ISSUER.into(),
             api_audiences: Vec::new(),
             secrets_encryption: false,
+            requestheader_allowed_names: vec!["system:auth-proxy".into()],
             token: None,
             agent_token: None,
             audit_log_path: None,

@@ -178,6 +178,8 @@ pub async fn run_with_readiness(
         None => None,
     };
     let transformer = storage::encryption::Transformer::new(keys);
+    let mut authn = authn;
+    authn.proxy_names = config.requestheader_allowed_names.clone();
     let advertise_str = advertise.to_string();
     let api = Arc::new(api::Api {
         storage: storage::Storage::new(&client).with_transformer(transformer),
@@ -188,6 +190,7 @@ pub async fn run_with_readiness(
         advertise: format!("{advertise_str}:{port}"),
         ready: ready.clone(),
         backends: Some(backend::Backends::new(&pki).map_err(Error::Tls)?),
+        client_cas: auth::x509::ClientCas::new(&pki.client_ca_pem, &pki.request_header_ca.cert_pem),
         authn,
         rbac: authz::rbac::RbacCache::default(),
         pods: authz::node::pods_informer(),

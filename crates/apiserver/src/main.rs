@@ -78,6 +78,14 @@ struct Args {
     /// Encrypt Secrets at rest (aescbc; key in <data-dir>/server/cred/encryption-config.json)
     #[arg(long, env = "K3RS_SECRETS_ENCRYPTION")]
     secrets_encryption: bool,
+    /// Front-proxy certificate names (from the request-header CA) whose X-Remote-* headers are trusted
+    #[arg(
+        long,
+        env = "K3RS_REQUESTHEADER_ALLOWED_NAMES",
+        value_delimiter = ',',
+        default_value = "system:auth-proxy"
+    )]
+    requestheader_allowed_names: Vec<String>,
     /// The join token (K10… or its secret); generated into <data-dir>/server/token when unset
     #[arg(long, env = "K3RS_TOKEN")]
     token: Option<String>,
@@ -168,6 +176,7 @@ fn main() -> ExitCode {
         service_account_issuer: args.service_account_issuer,
         api_audiences: args.api_audiences,
         secrets_encryption: args.secrets_encryption,
+        requestheader_allowed_names: args.requestheader_allowed_names,
         token: args.token,
         agent_token: args.agent_token,
         audit_log_path: args.audit_log_path,

@@ -35,7 +35,8 @@ pub fn acceptor(pki: &Pki) -> Result<TlsAcceptor, Error> {
     let key = PrivateKeyDer::from_pem_slice(pki.serving_key_pem.as_bytes())
         .map_err(|e| tls_err(format!("serving key: {e}")))?;
     let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pki.client_ca_pem.as_bytes()) {
+    let both = format!("{}{}", pki.client_ca_pem, pki.request_header_ca.cert_pem);
+    for cert in CertificateDer::pem_slice_iter(both.as_bytes()) {
         let cert = cert.map_err(|e| tls_err(format!("client CA: {e}")))?;
         roots
             .add(cert)
@@ -106,7 +107,7 @@ async fn connection(
         .1
         .peer_certificates()
         .and_then(|certs| certs.first())
-        .and_then(|cert| crate::auth::x509::from_certificate(cert));
+        .and_then(|cert| api.client_cas.as_ref().and_then(|cas| cas.classify(cert)));
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (api, user) = (api.clone(), user.clone());
         async move { Ok::<_, Infallible>(crate::handlers::handle(api, req, user, peer.ip()).await) }

@@ -121,6 +121,43 @@ async fn authentication(c: Cluster) -> Result<()> {
         "foreign client certificate: {out:?}"
     );
 
+    // A front proxy's certificate (request-header CA) makes its X-Remote-* headers trusted; a user's
+    // certificate does not.
+    let tls = c.data_dir().join("server/tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f));
+    let (proxy_cert, proxy_key) = (
+        read("client-auth-proxy.crt")?,
+        read("client-auth-proxy.key")?,
+    );
+    let remote = |user: &str| -> Vec<(String, String)> {
+        vec![
+            ("X-Remote-User".into(), user.into()),
+            ("X-Remote-Group".into(), "devs".into()),
+        ]
+    };
+    let (code, body) = c.raw_request(
+        "/api/v1/namespaces/default/pods",
+        &remote("carol"),
+        Some((&proxy_cert, &proxy_key)),
+    )?;
+    ensure!(
+        code == 403 && body.contains(r#"User \"carol\" cannot list resource \"pods\""#),
+        "front proxy: {code} {body}"
+    );
+    let (code, _) = c.raw_request(
+        "/api/v1/namespaces/default/pods",
+        &[],
+        Some((&proxy_cert, &proxy_key)),
+    )?;
+    ensure!(code == 401, "front proxy without a user: {code}");
+    let (admin_cert, admin_key) = (read("client-admin.crt")?, read("client-admin.key")?);
+    let (code, _) = c.raw_request(
+        "/api/v1/namespaces/default/pods",
+        &remote("carol"),
+        Some((&admin_cert, &admin_key)),
+    )?;
+    ensure!(code == 200, "a user's certificate is not a proxy: {code}");
+
     // A static token (`--token-auth-file`) names its user and groups.
     let out = c.run_with_token("alice-token", &["auth", "whoami"])?;
     let lines = table_lines(&out.stdout);

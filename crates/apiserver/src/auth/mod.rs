@@ -158,6 +158,8 @@ const TOKEN_CACHE_MAX: usize = 4096;
 pub struct Authenticator {
     static_tokens: HashMap<String, StaticToken>,
     pub service_accounts: ServiceAccounts,
+    /// `--requestheader-allowed-names`: front-proxy certificates whose headers are trusted.
+    pub proxy_names: Vec<String>,
     cache: parking_lot::Mutex<HashMap<[u8; 32], (Instant, Authenticated)>>,
 }
 
@@ -177,6 +179,7 @@ impl Authenticator {
         Ok(Self {
             static_tokens,
             service_accounts,
+            proxy_names: vec!["system:auth-proxy".into()],
             cache: parking_lot::Mutex::new(HashMap::new()),
         })
     }
@@ -186,11 +189,19 @@ impl Authenticator {
         &self,
         api: &Api,
         headers: &HeaderMap,
-        cert_user: Option<&UserInfo>,
+        peer: Option<&x509::PeerCert>,
         path: &str,
     ) -> Result<UserInfo, Unauthorized> {
-        if let Some(user) = cert_user {
-            return Ok(user.clone().authenticated());
+        match peer {
+            Some(x509::PeerCert::User(user)) => return Ok(user.clone().authenticated()),
+            Some(x509::PeerCert::Proxy(cn))
+                if self.proxy_names.is_empty() || self.proxy_names.contains(cn) =>
+            {
+                if let Some(user) = x509::from_request_headers(headers) {
+                    return Ok(user.authenticated());
+                }
+            }
+            _ => {}
         }
         if let Some(token) = bearer(headers) {
             return self

@@ -273,15 +273,15 @@ struct Seen {
     decision: Option<&'static str>,
 }
 
-/// Serves one request from `peer`; `cert_user` is the user of the connection's verified client certificate.
+/// Serves one request from `peer`; `peer_cert` is what the connection's verified client certificate names.
 pub async fn handle(
     api: Arc<Api>,
     req: Request<Incoming>,
-    cert_user: Option<UserInfo>,
+    peer_cert: Option<crate::auth::x509::PeerCert>,
     peer: std::net::IpAddr,
 ) -> Response<Body> {
     let Some(auditor) = api.audit.as_ref() else {
-        return serve(api.clone(), req, cert_user, &mut Seen::default()).await;
+        return serve(api.clone(), req, peer_cert, &mut Seen::default()).await;
     };
     let received = std::time::SystemTime::now();
     let uri = req
@@ -295,7 +295,7 @@ pub async fn handle(
         .unwrap_or("")
         .to_string();
     let mut seen = Seen::default();
-    let resp = serve(api.clone(), req, cert_user, &mut seen).await;
+    let resp = serve(api.clone(), req, peer_cert, &mut seen).await;
     let attrs = seen.attrs.unwrap_or_default();
     auditor.log(&crate::audit::Record {
         attrs: &attrs,
@@ -313,7 +313,7 @@ pub async fn handle(
 async fn serve(
     api: Arc<Api>,
     req: Request<Incoming>,
-    cert_user: Option<UserInfo>,
+    peer_cert: Option<crate::auth::x509::PeerCert>,
     seen: &mut Seen,
 ) -> Response<Body> {
     let path = req.uri().path().to_string();
@@ -329,7 +329,7 @@ async fn serve(
     let query = Query::parse(req.uri().query());
     let user = match api
         .authn
-        .authenticate(&api, req.headers(), cert_user.as_ref(), &path)
+        .authenticate(&api, req.headers(), peer_cert.as_ref(), &path)
         .await
     {
         Ok(user) => user,
