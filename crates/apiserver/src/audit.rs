@@ -164,6 +164,19 @@ pub struct Record<'a> {
     pub decision: Option<&'a str>,
     /// A watch or an upgraded connection: logged when its response starts.
     pub streaming: bool,
+    /// Who really asked, when the request impersonated `attrs.user`.
+    pub caller: Option<&'a UserInfo>,
+}
+
+fn user_json(user: &UserInfo) -> Value {
+    let mut v = json!({"username": user.name, "groups": user.groups});
+    if !user.uid.is_empty() {
+        v["uid"] = json!(user.uid);
+    }
+    if !user.extra.is_empty() {
+        v["extra"] = json!(user.extra);
+    }
+    v
 }
 
 fn micro_time(t: SystemTime) -> String {
@@ -184,9 +197,11 @@ impl Auditor {
                 message: e.to_string(),
             })?;
         }
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .map_err(|e| AuditError {
                 path: path.to_path_buf(),
@@ -214,14 +229,11 @@ impl Auditor {
         if level == "None" {
             return;
         }
-        let user: &UserInfo = &r.attrs.user;
-        let mut user_json = json!({"username": user.name, "groups": user.groups});
-        if !user.uid.is_empty() {
-            user_json["uid"] = json!(user.uid);
-        }
-        if !user.extra.is_empty() {
-            user_json["extra"] = json!(user.extra);
-        }
+        // As upstream: `user` is who authenticated, `impersonatedUser` whom they acted as.
+        let (user, impersonated) = match r.caller {
+            Some(caller) => (user_json(caller), Some(user_json(&r.attrs.user))),
+            None => (user_json(&r.attrs.user), None),
+        };
         let mut event = json!({
             "kind": "Event",
             "apiVersion": "audit.k8s.io/v1",
@@ -230,15 +242,18 @@ impl Auditor {
             "stage": if r.streaming { "ResponseStarted" } else { "ResponseComplete" },
             "requestURI": r.uri,
             "verb": r.attrs.verb,
-            "user": user_json,
+            "user": user,
             "sourceIPs": [r.source.to_string()],
             "userAgent": r.user_agent,
             "responseStatus": {"metadata": {}, "code": r.code},
             "requestReceivedTimestamp": micro_time(r.received),
             "stageTimestamp": micro_time(SystemTime::now()),
         });
+        if let Some(i) = impersonated {
+            event["impersonatedUser"] = i;
+        }
         if r.attrs.resource_request {
-            let mut obj = json!({"resource": r.attrs.resource, "apiVersion": if r.attrs.group.is_empty() { r.attrs.version.clone() } else { format!("{}/{}", r.attrs.group, r.attrs.version) }});
+            let mut obj = json!({"resource": r.attrs.resource, "apiVersion": r.attrs.version});
             for (k, v) in [
                 ("namespace", &r.attrs.namespace),
                 ("name", &r.attrs.name),

@@ -9,7 +9,7 @@ use crate::storage::EtcdTls;
 pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// Everything `run` needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     /// Comma-separated etcd endpoints: `unix:///path`, `http(s)://host:port`.
     pub etcd_servers: String,
@@ -65,6 +65,22 @@ impl Default for Config {
             audit_log_path: None,
             audit_policy_file: None,
         }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    /// Everything but the join tokens.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("etcd_servers", &self.etcd_servers)
+            .field("data_dir", &self.data_dir)
+            .field("bind_address", &self.bind_address)
+            .field("secure_port", &self.secure_port)
+            .field("advertise_address", &self.advertise_address)
+            .field("service_cluster_ip_range", &self.service_cluster_ip_range)
+            .field("secrets_encryption", &self.secrets_encryption)
+            .field("audit_log_path", &self.audit_log_path)
+            .finish_non_exhaustive()
     }
 }
 

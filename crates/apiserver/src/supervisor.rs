@@ -25,12 +25,18 @@ use crate::pki::{Ca, Pki};
 use crate::status::ApiError;
 
 /// What the supervisor signs with and accepts.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Supervisor {
     pub server_ca: Ca,
     pub client_ca: Ca,
     /// (user, secret) pairs that may join: `server` (the server token) and `node` (the agent token).
     secrets: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").finish_non_exhaustive()
+    }
 }
 
 /// A failure to set up the join tokens.
@@ -89,12 +95,9 @@ impl Supervisor {
             ));
         }
         let write = |file: &str, user: &str, secret: &str| -> Result<(), TokenError> {
-            use std::os::unix::fs::PermissionsExt;
             let p = server_dir.join(file);
             let text = format!("K10{hash}::{user}:{secret}\n");
-            std::fs::write(&p, text).map_err(|e| TokenError(format!("{}: {e}", p.display())))?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| TokenError(format!("{}: {e}", p.display())))
+            crate::pki::write_private(&p, &text, 0o600).map_err(|e| TokenError(e.to_string()))
         };
         write("token", "server", &secret)?;
         let mut secrets = vec![("server".to_string(), secret)];
@@ -110,9 +113,10 @@ impl Supervisor {
         })
     }
 
+    /// The server token joins anyone (as K3s's does); the agent token joins only as `node`.
     fn secret_ok(&self, user: Option<&str>, secret: &str) -> bool {
         self.secrets.iter().any(|(u, s)| {
-            user.is_none_or(|want| want == u)
+            (u == "server" || user.is_none_or(|want| want == u))
                 && s.len() == secret.len()
                 && s.bytes()
                     .zip(secret.bytes())
@@ -236,7 +240,20 @@ async fn node_credentials(api: &Api, sup: &Supervisor, body: &[u8]) -> Result<Va
             .ok_or_else(|| ApiError::bad_request(format!("invalid node address {a}")))?;
         ips.push(ip);
     }
+    // The hostname becomes a SAN of a certificate from the server CA: only a plain DNS name, and never
+    // one of the apiserver's own.
     let hostname = req["hostname"].as_str().unwrap_or(&node).to_string();
+    let host_errors = crate::meta::name_errors(&hostname, crate::resources::NameRule::Subdomain);
+    if !host_errors.is_empty() || hostname == "kubernetes" || hostname.starts_with("kubernetes.") {
+        return Err(ApiError::bad_request(format!(
+            "invalid node hostname {hostname:?}: {}",
+            if host_errors.is_empty() {
+                "reserved for the apiserver".to_string()
+            } else {
+                host_errors.join("; ")
+            }
+        )));
+    }
     let csr = &req["csr"];
     let pem = |k: &str| csr[k].as_str().unwrap_or("").to_string();
     let map_err = |e: crate::pki::PkiError| ApiError::internal(e);

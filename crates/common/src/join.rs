@@ -66,6 +66,15 @@ impl std::str::FromStr for JoinToken {
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(JoinError::Token("the CA hash is not 64 hex digits".into()));
             }
+            // K3s also writes bootstrap tokens as K10<hash>::<id>.<secret>.
+            if is_bootstrap(creds) {
+                return Ok(Self {
+                    ca_hash: Some(hash.to_ascii_lowercase()),
+                    user: "node".into(),
+                    secret: creds.to_string(),
+                    bootstrap: true,
+                });
+            }
             let (user, secret) = creds.split_once(':').ok_or_else(|| {
                 JoinError::Token("a K10 token is K10<hash>::<user>:<secret>".into())
             })?;
@@ -215,11 +224,11 @@ async fn request(
         .map_err(|_| JoinError::Connect(format!("{server}: no answer in 30 s")))?
         .map_err(|e| JoinError::Connect(e.to_string()))?;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
+    // Answers come from a server not yet trusted: read at most 1 MiB.
+    let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
         .collect()
         .await
-        .map_err(|e| JoinError::Connect(e.to_string()))?
+        .map_err(|e| JoinError::Connect(format!("reading the answer: {e}")))?
         .to_bytes();
     Ok((status, body))
 }
@@ -390,6 +399,10 @@ mod tests {
         );
         let t: JoinToken = "abcdef.0123456789abcdef".parse().unwrap();
         assert!(t.bootstrap && t.ca_hash.is_none());
+        let t: JoinToken = format!("K10{hash}::abcdef.0123456789abcdef")
+            .parse()
+            .unwrap();
+        assert!(t.bootstrap && t.ca_hash.is_some() && t.secret == "abcdef.0123456789abcdef");
         let t: JoinToken = "plain".parse().unwrap();
         assert_eq!(t.secret, "plain");
         assert!("K10abc::x:y".parse::<JoinToken>().is_err());

@@ -113,7 +113,9 @@ fn check(item: &Value, what: &str, requests: &Value, limits: &Value, errs: &mut 
         else {
             continue;
         };
-        if r.nanos > 0 && l.nanos * 1_000_000_000 > ratio_q.nanos * r.nanos {
+        if r.nanos > 0
+            && l.nanos.saturating_mul(1_000_000_000) > ratio_q.nanos.saturating_mul(r.nanos)
+        {
             let actual = l.nanos as f64 / r.nanos as f64;
             errs.push(format!(
                 "{res} max limit to request ratio per {what} is {ratio_q}, but provided ratio is {actual:.6}"

@@ -48,6 +48,26 @@ pub async fn mutate(
     if op != Operation::Create || target.req.subresource.is_some() {
         return Ok(());
     }
+    // The plugins below write into `spec` and `metadata.annotations`: anything but an object there is
+    // refused as upstream's decoder refuses it.
+    for (path, v) in [
+        ("spec", &obj["spec"]),
+        ("metadata.annotations", &obj["metadata"]["annotations"]),
+    ] {
+        if !(v.is_object() || v.is_null()) {
+            return Err(ApiError::bad_request(format!(
+                "error decoding request body: json: cannot unmarshal {} into Go struct field of type {}",
+                if v.is_array() {
+                    "array"
+                } else if v.is_string() {
+                    "string"
+                } else {
+                    "number"
+                },
+                path
+            )));
+        }
+    }
     if is_core(target, "pods") {
         let ns = target.namespace().unwrap_or("");
         if let Some(note) = limit_ranger::default_pod(&limit_ranges(api, ns), obj) {
@@ -121,14 +141,14 @@ pub async fn admit(
         && target.req.subresource.is_none()
         && let Some(obj) = new
     {
-        pod_security_check(api, target, &name, obj, &mut warnings)?;
+        pod_security_check(api, target, &name, obj, &mut warnings).await?;
         resource_quota::admit_create(api, target, obj).await?;
     }
     Ok(warnings)
 }
 
 /// PodSecurity for a new pod (enforced) or pod-template workload (warnings only).
-fn pod_security_check(
+async fn pod_security_check(
     api: &Api,
     target: &Target,
     name: &str,
@@ -145,8 +165,14 @@ fn pod_security_check(
     let Some((meta, spec)) = pod_security::pod_parts(&info.kind, obj) else {
         return Ok(());
     };
-    let Some(namespace) = api.namespaces.get(&format!("/registry/namespaces/{ns}")) else {
-        return Ok(());
+    let key = format!("/registry/namespaces/{ns}");
+    let namespace: Value = match api.namespaces.get(&key) {
+        Some(n) => (*n).clone(),
+        // Not in the informer yet (created a moment ago): read it.
+        None => match api.storage.get(&key).await? {
+            Some(stored) => serde_json::from_slice(&stored.value).unwrap_or_default(),
+            None => return Ok(()),
+        },
     };
     let is_pod = info.kind == "Pod";
     if is_pod && let Some((level, version)) = pod_security::level(&namespace, "enforce") {

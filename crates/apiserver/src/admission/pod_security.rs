@@ -11,9 +11,12 @@ const LABEL: &str = "pod-security.kubernetes.io/";
 pub fn level(namespace: &Value, mode: &str) -> Option<(String, String)> {
     let labels = &namespace["metadata"]["labels"];
     let level = labels[format!("{LABEL}{mode}")].as_str()?.to_string();
-    if !matches!(level.as_str(), "baseline" | "restricted") {
-        return None;
-    }
+    let level = match level.as_str() {
+        "privileged" => return None,
+        "baseline" | "restricted" => level,
+        // A level that does not parse is taken as the strictest, as upstream does.
+        _ => "restricted".to_string(),
+    };
     let version = labels[format!("{LABEL}{mode}-version")]
         .as_str()
         .unwrap_or("latest")

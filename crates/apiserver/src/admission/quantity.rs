@@ -32,6 +32,10 @@ impl Quantity {
             _ if suffix.starts_with(['e', 'E']) => (num, suffix[1..].parse().ok()?),
             _ => (num, 0),
         };
+        // Upstream's exponents stay within what int64 holds; refusing larger ones also bounds the work.
+        if !(-40..=40).contains(&exp10) {
+            return None;
+        }
         let (mult_num, mult_den, binary): (i128, i128, bool) = match suffix {
             s if s.starts_with(['e', 'E']) => (1, 1, false),
             "" => (1, 1, false),
@@ -68,6 +72,9 @@ impl Quantity {
         for b in int.bytes().chain(frac.bytes()) {
             scaled = scaled.checked_mul(10)?.checked_add((b - b'0') as i128)?;
         }
+        if frac.len() > 40 || int.len() > 40 {
+            return None;
+        }
         let mut exp = exp10 - frac.len() as i32 + 9;
         let mut value = scaled.checked_mul(mult_num)?;
         while exp > 0 {
@@ -80,7 +87,7 @@ impl Quantity {
             exp += 1;
         }
         // Upstream rounds up to the nearest nano.
-        let nanos = (value + den - 1) / den;
+        let nanos = value.checked_add(den - 1)? / den;
         Some(Self {
             nanos: if neg { -nanos } else { nanos },
             binary,
@@ -169,5 +176,8 @@ mod tests {
         assert!(Quantity::parse("abc").is_none());
         assert!(Quantity::parse("1Xi").is_none());
         assert!(Quantity::parse("").is_none());
+        assert!(Quantity::parse("0e2147483638").is_none());
+        assert!(Quantity::parse("1.5e-2147483648").is_none());
+        assert!(Quantity::parse(&"9".repeat(60)).is_none());
     }
 }

@@ -264,6 +264,9 @@ pub async fn admit_create(api: &Api, target: &Target, obj: &Value) -> Result<(),
     if delta.is_empty() {
         return Ok(());
     }
+    // Quotas already charged for this object: a retry after another quota's conflict must not charge
+    // them twice.
+    let mut charged: std::collections::HashSet<String> = Default::default();
     for _ in 0..16 {
         let page = api
             .storage
@@ -279,7 +282,7 @@ pub async fn admit_create(api: &Api, target: &Target, obj: &Value) -> Result<(),
             let Ok(mut quota) = serde_json::from_slice::<Value>(&stored.value) else {
                 continue;
             };
-            if !in_scope(&quota, info, obj) {
+            if !in_scope(&quota, info, obj) || charged.contains(&stored.key) {
                 continue;
             }
             let qname = quota["metadata"]["name"].as_str().unwrap_or("").to_string();
@@ -345,6 +348,7 @@ pub async fn admit_create(api: &Api, target: &Target, obj: &Value) -> Result<(),
                 conflict = true;
                 break;
             }
+            charged.insert(stored.key.clone());
         }
         if !conflict {
             return Ok(());
@@ -367,7 +371,16 @@ fn is_compute(k: &str) -> bool {
 /// `requests.cpu for: a,b` for each tracked compute key some container does not set.
 fn missing_compute(hard: &BTreeMap<String, Quantity>, spec: &Value) -> Vec<String> {
     let mut out = Vec::new();
-    for k in hard.keys().filter(|k| is_compute(k)) {
+    // Upstream requires a container to state only cpu and memory (requests and limits).
+    const REQUIRED: &[&str] = &[
+        "cpu",
+        "memory",
+        "requests.cpu",
+        "requests.memory",
+        "limits.cpu",
+        "limits.memory",
+    ];
+    for k in hard.keys().filter(|k| REQUIRED.contains(&k.as_str())) {
         let (field, res) = match k.split_once('.') {
             Some(("requests", r)) => ("requests", r),
             Some(("limits", r)) => ("limits", r),

@@ -41,29 +41,41 @@ pub enum PeerCert {
 /// The CAs client certificates may come from.
 #[derive(Debug, Clone)]
 pub struct ClientCas {
-    client: Vec<u8>,
-    request_header: Vec<u8>,
+    client: Vec<Vec<u8>>,
+    request_header: Vec<Vec<u8>>,
+}
+
+/// Every certificate (DER) of a PEM bundle.
+fn bundle(pem: &str) -> Vec<Vec<u8>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .filter_map(Result::ok)
+        .map(|c| c.to_vec())
+        .collect()
 }
 
 impl ClientCas {
     /// From the CAs' PEM.
     pub fn new(client_pem: &str, request_header_pem: &str) -> Option<Self> {
-        Some(Self {
-            client: crate::pki::pem_to_der(client_pem)?,
-            request_header: crate::pki::pem_to_der(request_header_pem)?,
+        let (client, request_header) = (bundle(client_pem), bundle(request_header_pem));
+        (!client.is_empty() && !request_header.is_empty()).then_some(Self {
+            client,
+            request_header,
         })
     }
 
     /// Classifies a certificate TLS has already verified against one of the two CAs.
     pub fn classify(&self, der: &[u8]) -> Option<PeerCert> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-        let signed_by = |ca_der: &[u8]| {
-            x509_parser::parse_x509_certificate(ca_der)
-                .ok()
-                .is_some_and(|(_, ca)| {
-                    cert.issuer() == ca.subject()
-                        && cert.verify_signature(Some(ca.public_key())).is_ok()
-                })
+        let signed_by = |cas: &[Vec<u8>]| {
+            cas.iter().any(|ca_der| {
+                x509_parser::parse_x509_certificate(ca_der)
+                    .ok()
+                    .is_some_and(|(_, ca)| {
+                        cert.issuer() == ca.subject()
+                            && cert.verify_signature(Some(ca.public_key())).is_ok()
+                    })
+            })
         };
         if signed_by(&self.client) {
             return from_certificate(der).map(PeerCert::User);

@@ -88,20 +88,23 @@ pub async fn serve(
                     "secrets encryption is not enabled (start the server with --secrets-encryption)",
                 ));
             };
-            let current = api
-                .storage
-                .transformer
-                .keys()
-                .unwrap_or(Keys { keys: vec![] });
+            // One rotation at a time; every older key is kept so nothing written under it is lost.
+            static ROTATING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+            let _one = ROTATING.lock().await;
+            let current = api.storage.transformer.keys().unwrap_or_default();
             let stamp = crate::meta::now_rfc3339().replace([':', '-'], "");
-            let fresh = Key::generate(&format!("aescbckey-{stamp}"));
-            let mut keys: Vec<Key> = current
-                .keys
-                .into_iter()
-                .filter(|k| k.name != fresh.name)
-                .collect();
+            let fresh = Key::generate(&format!("aescbckey-{stamp}-{}", crate::meta::name_suffix()));
+            if current.keys.iter().any(|k| k.name == fresh.name) {
+                return Err(ApiError::internal(
+                    "a key with the new key's name exists; try again",
+                ));
+            }
+            let mut keys = current.keys;
             keys.insert(0, fresh);
-            let next = Keys { keys };
+            let next = Keys {
+                keys,
+                write_plain: false,
+            };
             encryption::save(path, &next).map_err(ApiError::internal)?;
             let active = next.keys[0].name.clone();
             api.storage.transformer.set(next);

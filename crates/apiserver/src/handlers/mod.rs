@@ -271,6 +271,8 @@ impl Target {
 struct Seen {
     attrs: Option<crate::authz::Attributes>,
     decision: Option<&'static str>,
+    /// The authenticated caller when it acts as someone else (impersonation).
+    caller: Option<UserInfo>,
 }
 
 /// Serves one request from `peer`; `peer_cert` is what the connection's verified client certificate names.
@@ -281,7 +283,7 @@ pub async fn handle(
     peer: std::net::IpAddr,
 ) -> Response<Body> {
     let Some(auditor) = api.audit.as_ref() else {
-        return serve(api.clone(), req, peer_cert, &mut Seen::default()).await;
+        return guarded(serve(api.clone(), req, peer_cert, &mut Seen::default())).await;
     };
     let received = std::time::SystemTime::now();
     let uri = req
@@ -295,7 +297,7 @@ pub async fn handle(
         .unwrap_or("")
         .to_string();
     let mut seen = Seen::default();
-    let resp = serve(api.clone(), req, peer_cert, &mut seen).await;
+    let resp = guarded(serve(api.clone(), req, peer_cert, &mut seen)).await;
     let attrs = seen.attrs.unwrap_or_default();
     auditor.log(&crate::audit::Record {
         attrs: &attrs,
@@ -305,9 +307,25 @@ pub async fn handle(
         code: resp.status().as_u16(),
         received,
         decision: seen.decision,
+        caller: seen.caller.as_ref(),
         streaming: attrs.verb == "watch" || resp.status() == StatusCode::SWITCHING_PROTOCOLS,
     });
     resp
+}
+
+/// Runs a request's handling so that a bug that panics answers 500 instead of dropping the connection
+/// (and the audit record).
+async fn guarded(fut: impl std::future::Future<Output = Response<Body>>) -> Response<Body> {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!("request handling panicked");
+            error_response(&ApiError::internal(
+                "the server failed to handle the request",
+            ))
+        }
+    }
 }
 
 async fn serve(
@@ -343,10 +361,22 @@ async fn serve(
             return refuse(req, &ApiError::unauthorized()).await;
         }
     };
+    let caller = user.clone();
     let user = match crate::authz::impersonation::impersonate(&api, req.headers(), user) {
         Ok(user) => user,
-        Err(err) => return refuse(req, &err).await,
+        Err(err) => {
+            seen.attrs = Some(crate::authz::Attributes::non_resource(
+                &caller,
+                req.method(),
+                &path,
+            ));
+            seen.decision = Some("forbid");
+            return refuse(req, &err).await;
+        }
     };
+    if user != caller {
+        seen.caller = Some(caller);
+    }
     let parsed = request::parse(req.method(), &path, &query);
     let attrs = match &parsed {
         Some(info) => {

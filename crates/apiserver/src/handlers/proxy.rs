@@ -564,7 +564,10 @@ async fn forward(
         .header(header::HOST, format!("{host}:{port}"));
     for (k, v) in req.headers() {
         let name = k.as_str();
-        if HOP_BY_HOP.contains(&name) || name == "authorization" || name.starts_with("impersonate-")
+        if HOP_BY_HOP.contains(&name)
+            || name == "authorization"
+            || name.starts_with("impersonate-")
+            || name.starts_with("x-remote-")
         {
             continue;
         }

@@ -19,7 +19,8 @@ use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use certs::{ensure_ca, io, issue, write_private};
+use certs::{ensure_ca, issue};
+pub(crate) use certs::{private_dir, write_private};
 
 /// A PKI failure.
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +42,25 @@ pub enum PkiError {
 }
 
 /// A CA: its certificate and key (PEM).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Ca {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Pki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pki")
+            .field("tls_dir", &self.tls_dir)
+            .field("renewed", &self.renewed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Ca {
@@ -54,7 +70,7 @@ impl Ca {
 }
 
 /// The PEM material the apiserver serves with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Pki {
     pub server_ca: Ca,
     pub client_ca: Ca,
@@ -193,7 +209,7 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
     let tls = data_dir.join("server").join("tls");
     let cred = data_dir.join("server").join("cred");
     for d in [&tls, &cred] {
-        std::fs::create_dir_all(d).map_err(io(d))?;
+        private_dir(d)?;
     }
     let server_ca = ensure_ca(&tls, "server-ca", "k3rs-server-ca")?;
     let client_ca = ensure_ca(&tls, "client-ca", "k3rs-client-ca")?;

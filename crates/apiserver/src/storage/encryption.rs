@@ -39,10 +39,12 @@ impl std::fmt::Debug for Key {
     }
 }
 
-/// The keys in use: the first encrypts.
-#[derive(Debug, Clone)]
+/// The keys in use: the first encrypts (unless the configuration lists `identity` first: then values
+/// are written in the clear and the keys only read, upstream's way of turning encryption off).
+#[derive(Debug, Clone, Default)]
 pub struct Keys {
     pub keys: Vec<Key>,
+    pub write_plain: bool,
 }
 
 type Enc128 = cbc::Encryptor<aes::Aes128>;
@@ -120,10 +122,16 @@ impl Keys {
             .iter()
             .map(|k| json!({"name": k.name, "secret": B64.encode(&k.secret)}))
             .collect();
+        let (aescbc, identity) = (json!({"aescbc": {"keys": keys}}), json!({"identity": {}}));
+        let providers = if self.write_plain {
+            vec![identity, aescbc]
+        } else {
+            vec![aescbc, identity]
+        };
         json!({
             "kind": "EncryptionConfiguration",
             "apiVersion": "apiserver.config.k8s.io/v1",
-            "resources": [{"resources": ["secrets"], "providers": [{"aescbc": {"keys": keys}}, {"identity": {}}]}],
+            "resources": [{"resources": ["secrets"], "providers": providers}],
         })
     }
 
@@ -134,6 +142,8 @@ impl Keys {
             message,
         };
         let mut keys = Vec::new();
+        let mut write_plain = false;
+        // As upstream, the first entry that covers secrets decides; its first provider writes.
         for res in doc["resources"].as_array().into_iter().flatten() {
             let covers_secrets = res["resources"]
                 .as_array()
@@ -141,9 +151,15 @@ impl Keys {
             if !covers_secrets {
                 continue;
             }
-            for provider in res["providers"].as_array().into_iter().flatten() {
+            for (i, provider) in res["providers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let Some(aescbc) = provider.get("aescbc") else {
                     if provider.get("identity").is_some() {
+                        write_plain |= i == 0;
                         continue;
                     }
                     return Err(err(format!(
@@ -167,11 +183,12 @@ impl Keys {
                     keys.push(Key { name, secret });
                 }
             }
+            break;
         }
         if keys.is_empty() {
             return Err(err("no aescbc key for secrets".into()));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, write_plain })
     }
 }
 
@@ -205,7 +222,13 @@ impl Transformer {
         if !Self::applies(key) {
             return value;
         }
-        match self.keys.read().as_ref().and_then(|k| k.keys.first()) {
+        match self
+            .keys
+            .read()
+            .as_ref()
+            .filter(|k| !k.write_plain)
+            .and_then(|k| k.keys.first())
+        {
             Some(k) => k.encrypt(&value),
             None => value,
         }
@@ -263,6 +286,7 @@ pub fn load_or_create(path: &Path) -> Result<Keys, EncryptionError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let keys = Keys {
                 keys: vec![Key::generate("aescbckey")],
+                write_plain: false,
             };
             save(path, &keys)?;
             Ok(keys)
@@ -273,20 +297,15 @@ pub fn load_or_create(path: &Path) -> Result<Keys, EncryptionError> {
 
 /// Writes the configuration (mode 0600, replaced atomically).
 pub fn save(path: &Path, keys: &Keys) -> Result<(), EncryptionError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |message: String| EncryptionError::Config {
         path: path.to_path_buf(),
         message,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        crate::pki::private_dir(dir).map_err(|e| err(e.to_string()))?;
     }
-    let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec_pretty(&keys.to_config()).map_err(|e| err(e.to_string()))?;
-    std::fs::write(&tmp, body).map_err(|e| err(e.to_string()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    let body = serde_json::to_string_pretty(&keys.to_config()).map_err(|e| err(e.to_string()))?;
+    crate::pki::write_private(path, &body, 0o600).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -298,6 +317,7 @@ mod tests {
         let old = Key::generate("k1");
         let t = Transformer::new(Some(Keys {
             keys: vec![old.clone()],
+            write_plain: false,
         }));
         let stored = t.to_storage("/registry/secrets/ns/s", b"{\"data\":1}".to_vec());
         assert!(stored.starts_with(b"k8s:enc:aescbc:v1:k1:"));
@@ -314,6 +334,7 @@ mod tests {
         // Rotation: the new key encrypts, the old one still decrypts.
         t.set(Keys {
             keys: vec![Key::generate("k2"), old],
+            write_plain: false,
         });
         assert_eq!(t.from_storage(&stored).unwrap(), b"{\"data\":1}");
         let again = t.to_storage("/registry/secrets/ns/s", b"y".to_vec());

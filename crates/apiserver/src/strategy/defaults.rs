@@ -284,7 +284,15 @@ fn requests_from_limits(spec: &mut Map<String, Value>) {
 /// Container limit ranges: the default limit falls back to the max, the default request to the default
 /// limit, then to the min (upstream's `SetDefaults_LimitRangeItem`).
 fn limit_range(obj: &mut Value) {
-    for item in obj["spec"]["limits"].as_array_mut().into_iter().flatten() {
+    let limits = obj
+        .get_mut("spec")
+        .and_then(Value::as_object_mut)
+        .and_then(|s| s.get_mut("limits"))
+        .and_then(Value::as_array_mut);
+    for item in limits.into_iter().flatten() {
+        if !item.is_object() {
+            continue;
+        }
         if item["type"] != "Container" {
             continue;
         }
