@@ -1,5 +1,5 @@
-//! In-process informers: a decoded, always-current copy of one resource kept from the watch cache (list,
-//! then follow its events), for what the apiserver itself must consult on every request (RBAC objects,
+//! In-process informers: a decoded, always-current copy of one resource (list, then follow its own etcd
+//! watch), for what the apiserver itself must consult on every request (RBAC objects,
 //! pods for the node authorizer). Nothing here writes.
 
 use std::collections::HashMap;
@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
-use crate::watchcache::Next;
+use crate::storage::{WatchEvent, WatchMessage, prefix_end};
 
 /// Converts a stored object to what the informer keeps (`None` skips it).
 pub type Convert<T> = fn(&Value) -> Option<T>;
@@ -79,65 +79,78 @@ impl<T: Send + Sync + 'static> Informer<T> {
         let _ = rx.wait_for(|s| *s).await;
     }
 
-    /// Keeps the copy current until `shutdown`.
+    /// Keeps the copy current until `shutdown`: a list at one revision, then a watch from the next one
+    /// (its own etcd watch, so only the converted objects are held, not a second copy of the stored
+    /// ones), listed again if the watch breaks.
     pub async fn run(self: Arc<Self>, api: Arc<Api>, shutdown: CancellationToken) {
+        let end = prefix_end(&self.prefix);
         while !shutdown.is_cancelled() {
-            let listed = api
-                .watch_cache
-                .list(&api.storage, &self.prefix, &self.prefix, 0)
-                .await;
-            let Some((revision, stored)) = listed else {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+            let listed = api.storage.range(self.prefix.as_bytes(), &end, 0, 0).await;
+            let page = match listed {
+                Ok(p) => p,
+                Err(err) => {
+                    tracing::debug!(%err, prefix = %self.prefix, "informer list failed, retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    }
                 }
             };
-            let mut fresh = HashMap::with_capacity(stored.len());
-            for s in &stored {
-                if let Some(v) = crate::handlers::to_output(s)
-                    .ok()
-                    .and_then(|v| (self.convert)(&v))
-                {
+            let mut fresh = HashMap::with_capacity(page.items.len());
+            for s in &page.items {
+                if let Some(v) = self.decode(&s.value) {
                     fresh.insert(s.key.clone(), Arc::new(v));
                 }
             }
             *self.items.write() = fresh;
             self.synced.send_replace(true);
-            let Some(mut sub) = api
-                .watch_cache
-                .subscribe(&api.storage, &self.prefix, revision)
+            let mut watch = match api
+                .storage
+                .watch(&self.prefix, false, page.revision + 1)
                 .await
-            else {
-                continue;
+            {
+                Ok(w) => w,
+                Err(err) => {
+                    tracing::debug!(%err, prefix = %self.prefix, "informer watch failed, listing again");
+                    continue;
+                }
             };
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    n = sub.next() => n,
+                    n = watch.next() => n,
                 };
                 match next {
-                    Next::Events(events) => {
+                    Ok(Some(WatchMessage::Events(events))) => {
                         let mut items = self.items.write();
                         for ev in events {
-                            let converted = if ev.deleted {
-                                None
-                            } else {
-                                ev.object.as_deref().and_then(|o| (self.convert)(o))
-                            };
-                            match converted {
-                                Some(v) => {
-                                    items.insert(ev.key.clone(), Arc::new(v));
+                            match ev {
+                                WatchEvent::Put { current, .. } => {
+                                    match self.decode(&current.value) {
+                                        Some(v) => {
+                                            items.insert(current.key, Arc::new(v));
+                                        }
+                                        None => {
+                                            items.remove(&current.key);
+                                        }
+                                    }
                                 }
-                                None => {
-                                    items.remove(&ev.key);
+                                WatchEvent::Delete { key, .. } => {
+                                    items.remove(&key);
                                 }
                             }
                         }
                     }
-                    Next::Progress(_) => {}
-                    Next::Compacted(_) | Next::End | Next::Error(_) => break,
+                    Ok(Some(WatchMessage::Progress(_))) => {}
+                    Ok(Some(WatchMessage::Compacted(_))) | Ok(None) | Err(_) => break,
                 }
             }
         }
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Option<T> {
+        serde_json::from_slice::<Value>(bytes)
+            .ok()
+            .and_then(|v| (self.convert)(&v))
     }
 }

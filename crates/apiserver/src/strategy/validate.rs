@@ -206,6 +206,13 @@ pub fn immutable(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     };
     let spec = |v: &'_ Value, f: &str| v.get("spec").and_then(|s| s.get(f)).cloned();
     match kind {
+        "RoleBinding" | "ClusterRoleBinding" if old.get("roleRef") != new.get("roleRef") => {
+            causes.push(Cause::invalid(
+                "roleRef",
+                new.get("roleRef").unwrap_or(&Value::Null),
+                "cannot change roleRef",
+            ));
+        }
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => {
             fixed(
                 "spec.selector",
