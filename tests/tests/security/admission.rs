@@ -180,6 +180,41 @@ spec:
         "{e}"
     );
 
+    // An update that adds usage is charged too: a Service turned LoadBalancer.
+    c.kubectl(&[
+        "create",
+        "quota",
+        "lb",
+        "-n",
+        "q",
+        "--hard=services.loadbalancers=0",
+    ])?;
+    c.kubectl(&[
+        "create",
+        "service",
+        "clusterip",
+        "s",
+        "-n",
+        "q",
+        "--tcp=80:8080",
+    ])?;
+    let e = c.kubectl_err(
+        &[
+            "patch",
+            "service",
+            "s",
+            "-n",
+            "q",
+            "-p",
+            r#"{"spec":{"type":"LoadBalancer"}}"#,
+        ],
+        None,
+    )?;
+    ensure!(
+        e.contains(r#"services "s" is forbidden: exceeded quota: lb, requested: services.loadbalancers=1, used: services.loadbalancers=0, limited: services.loadbalancers=0"#),
+        "{e}"
+    );
+
     // Priority and DefaultTolerationSeconds.
     let pod = pod_json(&c, "lr", "d")?;
     ensure!(

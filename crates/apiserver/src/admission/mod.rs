@@ -144,6 +144,12 @@ pub async fn admit(
         pod_security_check(api, target, &name, obj, &mut warnings).await?;
         resource_quota::admit_create(api, target, obj).await?;
     }
+    if op == Operation::Update
+        && target.req.subresource.is_none()
+        && let (Some(old), Some(new)) = (old, new)
+    {
+        resource_quota::admit_update(api, target, old, new).await?;
+    }
     Ok(warnings)
 }
 

@@ -251,6 +251,44 @@ async fn recount(
 
 /// Admits a create against every quota of its namespace, raising each quota's usage.
 pub async fn admit_create(api: &Api, target: &Target, obj: &Value) -> Result<(), ApiError> {
+    let delta = usage_of(&target.info, obj);
+    charge(api, target, obj, delta).await
+}
+
+/// Admits an update by what it adds (a Service turned LoadBalancer, a claim grown), as upstream's
+/// evaluators do; what it frees is given back by the recount after the write.
+pub async fn admit_update(
+    api: &Api,
+    target: &Target,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let before = usage_of(&target.info, old);
+    let delta: BTreeMap<String, Quantity> = usage_of(&target.info, new)
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let was = before.get(&k).copied().unwrap_or_default();
+            (v > was).then(|| {
+                (
+                    k,
+                    Quantity {
+                        nanos: v.nanos - was.nanos,
+                        binary: v.binary,
+                    },
+                )
+            })
+        })
+        .collect();
+    charge(api, target, new, delta).await
+}
+
+/// Charges `delta` for `obj` against the quotas of its namespace.
+async fn charge(
+    api: &Api,
+    target: &Target,
+    obj: &Value,
+    delta: BTreeMap<String, Quantity>,
+) -> Result<(), ApiError> {
     let Some(ns) = target.namespace() else {
         return Ok(());
     };
@@ -260,7 +298,6 @@ pub async fn admit_create(api: &Api, target: &Target, obj: &Value) -> Result<(),
     }
     let info = &target.info;
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let delta = usage_of(info, obj);
     if delta.is_empty() {
         return Ok(());
     }
