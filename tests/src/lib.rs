@@ -64,3 +64,21 @@ pub fn unique_name(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Polls `check` every 100 ms until it holds, or fails once `timeout` has passed.
+pub async fn eventually<F: FnMut() -> anyhow::Result<bool>>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    loop {
+        if check()? {
+            return Ok(());
+        }
+        if start.elapsed() > timeout {
+            anyhow::bail!("{what}: not after {timeout:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -11,9 +11,9 @@ mod join;
 mod node;
 mod rbac;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use k3rs_tests::{Backend, Cluster};
 
 /// The bearer tokens of the static token file every test cluster starts with.
@@ -52,20 +52,4 @@ pub fn table_lines(out: &str) -> Vec<String> {
         .collect()
 }
 
-/// Polls `check` until it holds or `timeout` passes.
-pub async fn eventually<F: FnMut() -> Result<bool>>(
-    what: &str,
-    timeout: Duration,
-    mut check: F,
-) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("{what}: not after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+pub use k3rs_tests::eventually;

@@ -163,15 +163,15 @@ impl RbacCache {
         mut visit: impl FnMut(&PolicyRule) -> bool,
     ) -> Vec<String> {
         let mut errors = Vec::new();
-        let mut bindings: Vec<Arc<Binding>> = self.cluster_role_bindings.list("");
-        bindings.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut namespaced = Vec::new();
-        if !namespace.is_empty() {
-            namespaced = self
-                .role_bindings
-                .list(&format!("/registry/rolebindings/{namespace}/"));
-            namespaced.sort_by(|a, b| a.name.cmp(&b.name));
-        }
+        // In no particular order, as upstream: a decision does not depend on it, and clients sort what
+        // a rules review lists.
+        let bindings: Vec<Arc<Binding>> = self.cluster_role_bindings.list("");
+        let namespaced = if namespace.is_empty() {
+            Vec::new()
+        } else {
+            self.role_bindings
+                .list(&format!("/registry/rolebindings/{namespace}/"))
+        };
         for b in bindings.iter().chain(namespaced.iter()) {
             if !b.subjects.iter().any(|s| applies_to(user, s, &b.namespace)) {
                 continue;

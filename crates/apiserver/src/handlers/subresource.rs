@@ -170,7 +170,14 @@ pub async fn serve(
     let view = match sub {
         "status" if target.info.has(Subresource::Status) => View::Status,
         "scale" if target.info.has(Subresource::Scale) => View::Scale,
-        "token" if target.info.has(Subresource::Token) => {
+        // The create-only subresources: a TokenRequest, a pod's binding or eviction.
+        "token" | "binding" | "eviction"
+            if target.info.has(if sub == "token" {
+                Subresource::Token
+            } else {
+                Subresource::Binding
+            }) =>
+        {
             if target.req.verb != "create" {
                 let err = ApiError::method_not_allowed(
                     target.req.verb,
@@ -182,20 +189,9 @@ pub async fn serve(
             let ct = content_type(req.headers());
             let body = read_body(req.into_body()).await?;
             let body = super::decode_object(&ct, &body)?;
-            return super::review::token_request(api, &target, body).await;
-        }
-        "binding" | "eviction" if target.info.has(Subresource::Binding) => {
-            if target.req.verb != "create" {
-                let err = ApiError::method_not_allowed(
-                    target.req.verb,
-                    &format!("{}/{sub}", target.info.plural),
-                    &target.info.group,
-                );
-                return Ok(super::refuse(req, &err).await);
+            if sub == "token" {
+                return super::review::token_request(api, &target, body).await;
             }
-            let ct = content_type(req.headers());
-            let body = read_body(req.into_body()).await?;
-            let body = super::decode_object(&ct, &body)?;
             return if sub == "binding" {
                 super::pods::bind(api, &target, body).await
             } else {

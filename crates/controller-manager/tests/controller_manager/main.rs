@@ -75,20 +75,4 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
-/// Polls `check` until it holds or `timeout` passes.
-pub async fn eventually<F: FnMut() -> Result<bool>>(
-    what: &str,
-    timeout: Duration,
-    mut check: F,
-) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if check()? {
-            return Ok(());
-        }
-        if start.elapsed() > timeout {
-            bail!("{what}: not after {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+pub use k3rs_tests::eventually;
