@@ -300,24 +300,18 @@ impl Cluster {
         let key = rcgen::KeyPair::generate()?;
         let cert = params.signed_by(&key, &issuer)?;
         let server_ca = std::fs::read_to_string(tls.join("server-ca.crt"))?;
-        let b64 = |s: &str| {
-            use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(s)
-        };
         let path = self.dir.path().join(format!(
             "{}.kubeconfig",
             user.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
         ));
-        std::fs::write(
-            &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.1:{}\n  name: c\ncontexts:\n- context:\n    cluster: c\n    user: u\n  name: c\ncurrent-context: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-                b64(&server_ca),
-                self.port,
-                b64(&cert.pem()),
-                b64(&key.serialize_pem())
-            ),
-        )?;
+        let server = format!("https://127.0.0.1:{}", self.port);
+        let kubeconfig = k3rs_common::kubeconfig::with_client_cert(
+            &server,
+            &server_ca,
+            &cert.pem(),
+            &key.serialize_pem(),
+        );
+        std::fs::write(&path, kubeconfig)?;
         Ok(path)
     }
 

@@ -35,14 +35,6 @@ struct Rule {
     non_resource_urls: Vec<String>,
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_string))
-        .collect()
-}
-
 impl Rule {
     fn matches(&self, a: &Attributes) -> bool {
         if !self.users.is_empty() && !self.users.contains(&a.user.name) {
@@ -121,9 +113,9 @@ fn parse_policy(path: &Path) -> Result<Vec<Rule>, AuditError> {
         }
         rules.push(Rule {
             level,
-            users: strings(&r["users"]),
-            user_groups: strings(&r["userGroups"]),
-            verbs: strings(&r["verbs"]),
+            users: crate::meta::strings(&r["users"]),
+            user_groups: crate::meta::strings(&r["userGroups"]),
+            verbs: crate::meta::strings(&r["verbs"]),
             resources: r["resources"]
                 .as_array()
                 .into_iter()
@@ -131,13 +123,13 @@ fn parse_policy(path: &Path) -> Result<Vec<Rule>, AuditError> {
                 .map(|g| {
                     (
                         g["group"].as_str().unwrap_or("").to_string(),
-                        strings(&g["resources"]),
-                        strings(&g["resourceNames"]),
+                        crate::meta::strings(&g["resources"]),
+                        crate::meta::strings(&g["resourceNames"]),
                     )
                 })
                 .collect(),
-            namespaces: strings(&r["namespaces"]),
-            non_resource_urls: strings(&r["nonResourceURLs"]),
+            namespaces: crate::meta::strings(&r["namespaces"]),
+            non_resource_urls: crate::meta::strings(&r["nonResourceURLs"]),
         });
     }
     Ok(rules)
@@ -166,17 +158,6 @@ pub struct Record<'a> {
     pub streaming: bool,
     /// Who really asked, when the request impersonated `attrs.user`.
     pub caller: Option<&'a UserInfo>,
-}
-
-fn user_json(user: &UserInfo) -> Value {
-    let mut v = json!({"username": user.name, "groups": user.groups});
-    if !user.uid.is_empty() {
-        v["uid"] = json!(user.uid);
-    }
-    if !user.extra.is_empty() {
-        v["extra"] = json!(user.extra);
-    }
-    v
 }
 
 fn micro_time(t: SystemTime) -> String {
@@ -231,8 +212,8 @@ impl Auditor {
         }
         // As upstream: `user` is who authenticated, `impersonatedUser` whom they acted as.
         let (user, impersonated) = match r.caller {
-            Some(caller) => (user_json(caller), Some(user_json(&r.attrs.user))),
-            None => (user_json(&r.attrs.user), None),
+            Some(caller) => (caller.to_json(), Some(r.attrs.user.to_json())),
+            None => (r.attrs.user.to_json(), None),
         };
         let mut event = json!({
             "kind": "Event",

@@ -44,13 +44,7 @@ impl std::fmt::Debug for Supervisor {
 #[error("join token: {0}")]
 pub struct TokenError(String);
 
-/// The hex SHA-256 of a CA bundle, as the token carries it.
-pub fn ca_hash(ca_pem: &str) -> String {
-    sha2::Sha256::digest(ca_pem.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use k3rs_common::join::ca_hash;
 
 /// The secret of a token given as `K10<hash>::<user>:<secret>` or bare.
 fn secret_of(token: &str) -> String {
@@ -117,11 +111,7 @@ impl Supervisor {
     fn secret_ok(&self, user: Option<&str>, secret: &str) -> bool {
         self.secrets.iter().any(|(u, s)| {
             (u == "server" || user.is_none_or(|want| want == u))
-                && s.len() == secret.len()
-                && s.bytes()
-                    .zip(secret.bytes())
-                    .fold(0, |a, (x, y)| a | (x ^ y))
-                    == 0
+                && crate::auth::constant_time_eq(s.as_bytes(), secret.as_bytes())
         })
     }
 }

@@ -374,17 +374,6 @@ pub async fn join(
     })
 }
 
-/// A kubeconfig for `server` with a credential from a join.
-pub fn kubeconfig(server: &str, ca_pem: &str, cred: &KeyedCert) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-        b64(ca_pem),
-        b64(&cred.cert_pem),
-        b64(&cred.key_pem)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

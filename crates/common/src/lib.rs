@@ -1,7 +1,9 @@
-//! Plumbing shared by every k3rs daemon: logging set-up, the one signal handler, readiness, and the health/metrics HTTP endpoint.
+//! Plumbing shared by every k3rs daemon: logging set-up, the one signal handler, readiness, the
+//! health/metrics HTTP endpoint, kubeconfig files and the agent's join client.
 
 pub mod health;
 pub mod join;
+pub mod kubeconfig;
 pub mod logging;
 pub mod readiness;
 pub mod signal;

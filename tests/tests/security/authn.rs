@@ -100,17 +100,16 @@ async fn authentication(c: Cluster) -> Result<()> {
         let leaf_key = rcgen::KeyPair::generate()?;
         let cert = leaf.signed_by(&leaf_key, &issuer)?;
         let _ = ca;
-        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
         let server_ca = std::fs::read_to_string(c.data_dir().join("server/tls/server-ca.crt"))?;
         let path = c.data_dir().join("evil.kubeconfig");
+        let server = format!("https://127.0.0.1:{}", c.port);
         std::fs::write(
             &path,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://127.0.0.1:{}\n  name: c\ncontexts:\n- context: {{cluster: c, user: u}}\n  name: c\ncurrent-context: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-                b64(&server_ca),
-                c.port,
-                b64(&cert.pem()),
-                b64(&leaf_key.serialize_pem())
+            k3rs_common::kubeconfig::with_client_cert(
+                &server,
+                &server_ca,
+                &cert.pem(),
+                &leaf_key.serialize_pem(),
             ),
         )?;
         path

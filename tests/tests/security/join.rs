@@ -105,7 +105,12 @@ async fn joining(mut c: Cluster) -> Result<()> {
     let kc = c.data_dir().join("node1.kubeconfig");
     std::fs::write(
         &kc,
-        k3rs_common::join::kubeconfig(&server, &creds.server_ca_pem, &creds.kubelet_client),
+        k3rs_common::kubeconfig::with_client_cert(
+            &server,
+            &creds.server_ca_pem,
+            &creds.kubelet_client.cert_pem,
+            &creds.kubelet_client.key_pem,
+        ),
     )?;
     let lines = table_lines(&c.run_with_kubeconfig(&kc, &["auth", "whoami"])?.stdout);
     ensure!(
@@ -134,7 +139,12 @@ async fn joining(mut c: Cluster) -> Result<()> {
     let proxy = c.data_dir().join("proxy.kubeconfig");
     std::fs::write(
         &proxy,
-        k3rs_common::join::kubeconfig(&server, &creds.server_ca_pem, &creds.kube_proxy),
+        k3rs_common::kubeconfig::with_client_cert(
+            &server,
+            &creds.server_ca_pem,
+            &creds.kube_proxy.cert_pem,
+            &creds.kube_proxy.key_pem,
+        ),
     )?;
     ensure!(
         c.run_with_kubeconfig(
@@ -198,7 +208,12 @@ stringData: {token-id: abcdef, token-secret: 0123456789abcdef, usage-bootstrap-a
     let kc2 = c.data_dir().join("node2.kubeconfig");
     std::fs::write(
         &kc2,
-        k3rs_common::join::kubeconfig(&server, &creds2.server_ca_pem, &creds2.kubelet_client),
+        k3rs_common::kubeconfig::with_client_cert(
+            &server,
+            &creds2.server_ca_pem,
+            &creds2.kubelet_client.cert_pem,
+            &creds2.kubelet_client.key_pem,
+        ),
     )?;
     ensure!(
         table_lines(&c.run_with_kubeconfig(&kc2, &["auth", "whoami"])?.stdout)

@@ -54,6 +54,18 @@ impl UserInfo {
     pub fn in_group(&self, group: &str) -> bool {
         self.groups.iter().any(|g| g == group)
     }
+
+    /// The `authentication.k8s.io/v1` UserInfo (reviews, audit events).
+    pub fn to_json(&self) -> Value {
+        let mut v = serde_json::json!({"username": self.name, "groups": self.groups});
+        if !self.uid.is_empty() {
+            v["uid"] = serde_json::json!(self.uid);
+        }
+        if !self.extra.is_empty() {
+            v["extra"] = serde_json::json!(self.extra);
+        }
+        v
+    }
 }
 
 /// Paths anonymous requests may reach (RBAC's `system:public-info-viewer` still decides).
@@ -377,7 +389,8 @@ async fn bootstrap_user(api: &Api, id: &str, secret: &str) -> Result<UserInfo, S
     })
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -16,25 +16,6 @@ fn invalid(target: &Target, name: &str, causes: Vec<Cause>) -> ApiError {
     ApiError::invalid(&target.info.kind, &target.info.group, name, causes)
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_string))
-        .collect()
-}
-
-fn user_json(u: &UserInfo) -> Value {
-    let mut v = json!({"username": u.name, "groups": u.groups});
-    if !u.uid.is_empty() {
-        v["uid"] = json!(u.uid);
-    }
-    if !u.extra.is_empty() {
-        v["extra"] = json!(u.extra);
-    }
-    v
-}
-
 /// The answer: the request echoed with its status, as upstream returns it (201).
 fn answer(mut obj: Value, status: Value) -> Response<Body> {
     let meta = crate::meta::metadata_mut(&mut obj);
@@ -49,7 +30,7 @@ pub async fn create(api: &Api, target: &Target, obj: Value) -> Result<Response<B
     obj["apiVersion"] = json!(target.info.api_version());
     obj["kind"] = json!(target.info.kind);
     match target.info.kind.as_str() {
-        "SelfSubjectReview" => Ok(answer(obj, json!({"userInfo": user_json(&target.user)}))),
+        "SelfSubjectReview" => Ok(answer(obj, json!({"userInfo": target.user.to_json()}))),
         "TokenReview" => token_review(api, obj).await,
         "SelfSubjectRulesReview" => rules_review(api, target, obj),
         _ => access_review(api, target, obj),
@@ -78,10 +59,14 @@ fn access_review(api: &Api, target: &Target, obj: Value) -> Result<Response<Body
         let user = UserInfo {
             name: spec["user"].as_str().unwrap_or("").to_string(),
             uid: spec["uid"].as_str().unwrap_or("").to_string(),
-            groups: strings(&spec["groups"]),
+            groups: crate::meta::strings(&spec["groups"]),
             extra: spec["extra"]
                 .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), strings(v))).collect())
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| (k.clone(), crate::meta::strings(v)))
+                        .collect()
+                })
                 .unwrap_or_default(),
         };
         if user.name.is_empty() && user.groups.is_empty() {
@@ -196,14 +181,14 @@ async fn token_review(api: &Api, obj: Value) -> Result<Response<Body>, ApiError>
             "token is required for TokenReview in authentication",
         ));
     }
-    let audiences = strings(&obj["spec"]["audiences"]);
+    let audiences = crate::meta::strings(&obj["spec"]["audiences"]);
     let status = match api.authn.token(api, token, &audiences).await {
         Ok(found) => {
             let mut user = found.user;
             if !user.in_group(crate::auth::AUTHENTICATED) {
                 user.groups.push(crate::auth::AUTHENTICATED.into());
             }
-            json!({"authenticated": true, "user": user_json(&user), "audiences": found.audiences})
+            json!({"authenticated": true, "user": user.to_json(), "audiences": found.audiences})
         }
         Err(why) => json!({"user": {}, "error": why.0}),
     };
@@ -255,7 +240,7 @@ pub async fn token_request(
             "may not specify a duration larger than 2^32 seconds",
         ));
     }
-    let mut audiences = strings(&spec["audiences"]);
+    let mut audiences = crate::meta::strings(&spec["audiences"]);
     if audiences.is_empty() {
         audiences = api.authn.service_accounts.audiences.clone();
     }

@@ -14,7 +14,6 @@ pub use manage::{CertRow, SERVICES, check, rotate, table};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use base64::Engine;
 use rcgen::{
     CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType,
 };
@@ -276,7 +275,12 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
             || client_params(cn, org),
         )?;
         if let Some(name) = kubeconfig_name {
-            let kc = kubeconfig(server_url, &server_ca.cert_pem, &cert, &key);
+            let kc = k3rs_common::kubeconfig::with_client_cert(
+                server_url,
+                &server_ca.cert_pem,
+                &cert,
+                &key,
+            );
             write_private(&cred.join(format!("{name}.kubeconfig")), &kc, 0o600)?;
         }
         if *file == "client-kube-apiserver" {
@@ -325,17 +329,6 @@ pub fn ensure(data_dir: &Path, names: &ServingNames, server_url: &str) -> Result
         tls_dir: tls,
         renewed,
     })
-}
-
-/// A kubeconfig with embedded certificates (K3s's `default` cluster/context/user names).
-pub fn kubeconfig(server: &str, ca_pem: &str, cert_pem: &str, key_pem: &str) -> String {
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: {server}\n  name: default\ncontexts:\n- context:\n    cluster: default\n    user: default\n  name: default\ncurrent-context: default\npreferences: {{}}\nusers:\n- name: default\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
-        b64(ca_pem),
-        b64(cert_pem),
-        b64(key_pem)
-    )
 }
 
 /// Issues a leaf for a new key with `params` from `ca` (used by tests and the join path).
