@@ -35,17 +35,21 @@ impl Cluster {
     }
 
     /// As [`Cluster::start`], with extra apiserver flags; `{dir}` in a flag is the cluster's data dir.
+    ///
+    /// Without a controller-manager nothing creates the `default` ServiceAccount pods run as, so the
+    /// ServiceAccount admission plugin is off unless the flags name admission plugins themselves (as
+    /// `--enable-admission-plugins=ServiceAccount` does, for clusters that run a controller-manager).
     pub async fn start_with(backend: Backend, args: &[&str]) -> Result<Self> {
         let store = Server::start(backend).await?;
         let dir = tempfile::Builder::new().prefix("k3rs-api-").tempdir()?;
-        let d = dir.path().display().to_string();
         let mut cluster = Self {
             store,
             api: None,
             port: 0,
-            extra_args: args.iter().map(|a| a.replace("{dir}", &d)).collect(),
+            extra_args: Vec::new(),
             dir,
         };
+        cluster.set_extra_args(args);
         cluster.launch().await?;
         Ok(cluster)
     }
@@ -124,10 +128,15 @@ impl Cluster {
         self.dir.path().join("server/cred/admin.kubeconfig")
     }
 
-    /// Replaces the extra apiserver flags used from the next (re)start on.
+    /// Replaces the extra apiserver flags used from the next (re)start on (with the ServiceAccount rule of
+    /// [`Cluster::start_with`]).
     pub fn set_extra_args(&mut self, args: &[&str]) {
         let d = self.dir.path().display().to_string();
         self.extra_args = args.iter().map(|a| a.replace("{dir}", &d)).collect();
+        if !args.iter().any(|a| a.contains("-admission-plugins")) {
+            self.extra_args
+                .push("--disable-admission-plugins=ServiceAccount".into());
+        }
     }
 
     /// Restarts the apiserver on the same port and data (storage keeps running).

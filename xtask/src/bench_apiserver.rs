@@ -154,6 +154,8 @@ fn run_store(store: Store, round: usize, work: &Path, results: &mut Results) -> 
                 "127.0.0.1",
                 "--secure-port",
                 &api_port.to_string(),
+                // The apiserver alone: no controller-manager creates the ServiceAccounts pods run as.
+                "--disable-admission-plugins=ServiceAccount",
             ]),
         &log,
     )?;

@@ -45,6 +45,8 @@ pub struct Api {
     pub audit: Option<crate::audit::Auditor>,
     /// The encryption configuration file, when Secrets are encrypted at rest.
     pub encryption_config: Option<std::path::PathBuf>,
+    /// Which admission plugins run.
+    pub admission: crate::admission::Plugins,
 }
 
 /// Reservations an update took and would give up, settled once the write is known to have happened or not.

@@ -41,6 +41,10 @@ pub struct Config {
     pub audit_log_path: Option<PathBuf>,
     /// `--audit-policy-file`: which requests are audited at which level (all at Metadata when unset).
     pub audit_policy_file: Option<PathBuf>,
+    /// `--enable-admission-plugins`: plugins asked for (all are on by default; unknown names are refused).
+    pub enable_admission_plugins: Vec<String>,
+    /// `--disable-admission-plugins`: plugins turned off.
+    pub disable_admission_plugins: Vec<String>,
 }
 
 impl Default for Config {
@@ -64,6 +68,8 @@ impl Default for Config {
             agent_token: None,
             audit_log_path: None,
             audit_policy_file: None,
+            enable_admission_plugins: Vec::new(),
+            disable_admission_plugins: Vec::new(),
         }
     }
 }

@@ -183,7 +183,9 @@ fn api_group(gv: &GroupVersion) -> Value {
 
 fn subresource_kind(info: &ResourceInfo, sub: Subresource) -> (String, String, String) {
     match sub {
-        Subresource::Status => (info.group.clone(), info.version.clone(), info.kind.clone()),
+        Subresource::Status | Subresource::Finalize => {
+            (info.group.clone(), info.version.clone(), info.kind.clone())
+        }
         Subresource::Scale => ("autoscaling".into(), "v1".into(), "Scale".into()),
         Subresource::Binding => ("".into(), "v1".into(), "Binding".into()),
         Subresource::Eviction => ("policy".into(), "v1".into(), "Eviction".into()),

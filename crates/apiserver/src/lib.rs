@@ -177,6 +177,11 @@ pub async fn run_with_readiness(
         ),
         None => None,
     };
+    let admission = admission::Plugins::new(
+        &config.enable_admission_plugins,
+        &config.disable_admission_plugins,
+    )
+    .map_err(Error::Config)?;
     let transformer = storage::encryption::Transformer::new(keys);
     let mut authn = authn;
     authn.proxy_names = config.requestheader_allowed_names.clone();
@@ -212,6 +217,7 @@ pub async fn run_with_readiness(
             informer::whole,
         )),
         encryption_config,
+        admission,
         audit,
         supervisor: Some(supervisor),
     });

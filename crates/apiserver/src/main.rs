@@ -98,6 +98,12 @@ struct Args {
     /// Audit policy (audit.k8s.io/v1 Policy); every request at Metadata level without one
     #[arg(long, env = "K3RS_AUDIT_POLICY_FILE")]
     audit_policy_file: Option<PathBuf>,
+    /// Admission plugins to run besides the default ones (all of k3rs's are on by default)
+    #[arg(long, env = "K3RS_ENABLE_ADMISSION_PLUGINS", value_delimiter = ',')]
+    enable_admission_plugins: Vec<String>,
+    /// Admission plugins to turn off, e.g. ServiceAccount for an apiserver without a controller-manager
+    #[arg(long, env = "K3RS_DISABLE_ADMISSION_PLUGINS", value_delimiter = ',')]
+    disable_admission_plugins: Vec<String>,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -181,6 +187,8 @@ fn main() -> ExitCode {
         agent_token: args.agent_token,
         audit_log_path: args.audit_log_path,
         audit_policy_file: args.audit_policy_file,
+        enable_admission_plugins: args.enable_admission_plugins,
+        disable_admission_plugins: args.disable_admission_plugins,
     };
     k3rs_common::signal::run_daemon("k3rs-apiserver", |shutdown| {
         k3rs_apiserver::run(config, shutdown)

@@ -488,7 +488,8 @@ fn build(gvs: &[GroupVersion], flavor: Flavor) -> (Map<String, Value>, BTreeMap<
                     | Subresource::Attach
                     | Subresource::PortForward
                     | Subresource::Proxy
-                    | Subresource::Token => continue,
+                    | Subresource::Token
+                    | Subresource::Finalize => continue,
                 };
                 let mut s = operations(r, flavor, &sub_def, &sub_kind, true, Some(sub.name()));
                 s["parameters"] = json!(item_params);

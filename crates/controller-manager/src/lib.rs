@@ -1,6 +1,8 @@
 //! k3rs-controller-manager: the controllers that act on cluster state, each a Kubernetes API client (kube-rs)
 //! and nothing else. So far the garbage collector (`gc`): cascading deletion through ownerReferences; and the
-//! ClusterRole aggregation controller (`clusterrole_aggregation`).
+//! ClusterRole aggregation controller (`clusterrole_aggregation`); the per-namespace `default`
+//! ServiceAccount and `kube-root-ca.crt` (`serviceaccounts`); namespace deletion (`namespace`). Controllers read shared informers
+//! (`informers`: one watch and cache per resource type) and work through rate-limited queues (`queue`).
 //!
 //! `run` serves until cancelled; the binary (`k3rs-controller-manager`) and the launcher parse flags into a
 //! [`Config`] and call it.
@@ -8,7 +10,11 @@
 
 pub mod clusterrole_aggregation;
 pub mod gc;
+pub mod informers;
 mod metrics;
+pub mod namespace;
+pub mod queue;
+pub mod serviceaccounts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +24,13 @@ use k3rs_common::{HealthServer, HealthState, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// The controllers this build has, by upstream's names (`--controllers`).
-pub const CONTROLLERS: &[&str] = &["clusterrole-aggregation", "garbagecollector"];
+pub const CONTROLLERS: &[&str] = &[
+    "clusterrole-aggregation",
+    "garbagecollector",
+    "namespace",
+    "root-ca-cert-publisher",
+    "serviceaccount",
+];
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,6 +40,15 @@ pub struct Config {
     pub health_bind_address: Option<SocketAddr>,
     /// Controllers to run, upstream's syntax: `*` for all, `name` to add, `-name` to leave out.
     pub controllers: Vec<String>,
+    /// The CA bundle published to every namespace as `kube-root-ca.crt` (`--root-ca-file`); `None` takes
+    /// the CA the kubeconfig trusts.
+    pub root_ca_file: Option<PathBuf>,
+}
+
+/// What every controller reaches: the API client and the shared informers.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub informers: Arc<informers::Informers>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,8 +63,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("unknown controller {0:?} (known: clusterrole-aggregation, garbagecollector)")]
+    #[error("unknown controller {0:?} (known: {known})", known = CONTROLLERS.join(", "))]
     UnknownController(String),
+    #[error("root CA: {0}")]
+    RootCa(String),
+    /// A controller could not do its work (it is retried).
+    #[error("{0}")]
+    Sync(String),
 }
 
 /// Whether `name` is enabled by `--controllers` (upstream's rules: explicit `-name` wins, then `name`,
@@ -58,7 +84,8 @@ pub fn enabled(controllers: &[String], name: &str) -> bool {
     controllers.iter().any(|c| c == name || c == "*")
 }
 
-async fn client(config: &Config) -> Result<kube::Client, Error> {
+/// The API client, and the CA bundle the kubeconfig trusts (PEM).
+async fn client(config: &Config) -> Result<(kube::Client, Option<String>), Error> {
     let kube_config = match &config.kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
@@ -71,7 +98,35 @@ async fn client(config: &Config) -> Result<kube::Client, Error> {
             .await
             .map_err(|e| Error::Kubeconfig(e.to_string()))?,
     };
-    Ok(kube::Client::try_from(kube_config)?)
+    let ca = kube_config.root_cert.as_ref().map(|certs| {
+        use base64::Engine as _;
+        certs
+            .iter()
+            .map(|der| {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+                let lines: Vec<&str> = b64
+                    .as_bytes()
+                    .chunks(64)
+                    .map(|c| std::str::from_utf8(c).unwrap_or_default())
+                    .collect();
+                format!(
+                    "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+                    lines.join("\n")
+                )
+            })
+            .collect::<String>()
+    });
+    Ok((kube::Client::try_from(kube_config)?, ca))
+}
+
+/// The root CA to publish: `--root-ca-file`, else what the kubeconfig trusts.
+fn root_ca(config: &Config, from_kubeconfig: Option<String>) -> Result<String, Error> {
+    match &config.root_ca_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| Error::RootCa(format!("{}: {e}", path.display()))),
+        None => from_kubeconfig
+            .ok_or_else(|| Error::RootCa("the kubeconfig names no CA; pass --root-ca-file".into())),
+    }
 }
 
 /// Runs the enabled controllers until `shutdown`.
@@ -91,7 +146,7 @@ pub async fn run_with_readiness(
             return Err(Error::UnknownController(name.to_string()));
         }
     }
-    let client = client(&config).await?;
+    let (client, kubeconfig_ca) = client(&config).await?;
     let (metrics, registry) = metrics::Metrics::new();
     if let Some(addr) = config.health_bind_address {
         let server = HealthServer::bind(addr, HealthState::new(ready.clone(), Arc::new(registry)))
@@ -120,6 +175,25 @@ pub async fn run_with_readiness(
             part,
         ));
     }
+    let ctx = Ctx {
+        client: client.clone(),
+        informers: informers::Informers::new(client.clone()),
+    };
+    let mut workers = Vec::new();
+    if enabled(&config.controllers, "namespace") {
+        workers.push(namespace::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "serviceaccount") {
+        workers.push(serviceaccounts::start_serviceaccounts(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "root-ca-cert-publisher") {
+        let ca = Arc::new(root_ca(&config, kubeconfig_ca)?);
+        workers.push(serviceaccounts::start_root_ca_publisher(
+            &ctx, ca, &shutdown,
+        ));
+    }
+    ctx.informers.start(&shutdown);
+    parts.push(ctx.informers.synced());
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = async { for p in &parts { p.wait().await; } } => ready.set(true),
@@ -127,6 +201,9 @@ pub async fn run_with_readiness(
     shutdown.cancelled().await;
     ready.set(false);
     while tasks.join_next().await.is_some() {}
+    for mut w in workers {
+        while w.join_next().await.is_some() {}
+    }
     tracing::info!("controller-manager stopped");
     Ok(())
 }

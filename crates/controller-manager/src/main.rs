@@ -35,6 +35,10 @@ struct Args {
         default_value = "*"
     )]
     controllers: Vec<String>,
+    /// CA bundle published to every namespace as the `kube-root-ca.crt` ConfigMap (default: the CA the
+    /// kubeconfig trusts)
+    #[arg(long, env = "K3RS_ROOT_CA_FILE")]
+    root_ca_file: Option<PathBuf>,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
         kubeconfig: args.kubeconfig,
         health_bind_address,
         controllers: args.controllers,
+        root_ca_file: args.root_ca_file,
     };
     k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
         k3rs_controller_manager::run(config, shutdown)

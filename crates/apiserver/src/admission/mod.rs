@@ -2,7 +2,8 @@
 //! (`mutate`: LimitRanger defaults, Priority, DefaultTolerationSeconds, DefaultStorageClass); validating
 //! plugins after it, before the write is stored (`admit`: RBAC's escalation prevention — upstream runs it
 //! in the RBAC storage, here it sits at the same point — LimitRanger's bounds, NodeRestriction,
-//! PodSecurity, ResourceQuota). NamespaceLifecycle lives in the write path.
+//! PodSecurity, ResourceQuota). NamespaceLifecycle lives in the write path. [`Plugins`] holds which are on
+//! (`--enable-admission-plugins`, `--disable-admission-plugins`).
 
 pub mod defaults;
 pub mod limit_ranger;
@@ -10,12 +11,73 @@ pub mod node_restriction;
 pub mod pod_security;
 pub mod quantity;
 pub mod resource_quota;
+pub mod service_account;
+
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::api::Api;
 use crate::handlers::Target;
 use crate::status::ApiError;
+
+/// The plugins this apiserver has, by upstream's names; all are on unless disabled.
+pub const PLUGINS: &[&str] = &[
+    "NamespaceLifecycle",
+    "LimitRanger",
+    "ServiceAccount",
+    "NodeRestriction",
+    "PodSecurity",
+    "Priority",
+    "DefaultTolerationSeconds",
+    "DefaultStorageClass",
+    "ResourceQuota",
+];
+
+/// Which admission plugins run.
+#[derive(Debug, Clone, Default)]
+pub struct Plugins {
+    disabled: BTreeSet<String>,
+}
+
+impl Plugins {
+    /// From the flags: enabling a plugin this build lacks is an error; NamespaceLifecycle cannot be turned
+    /// off (it is part of the write path); disabling a plugin this build lacks changes nothing.
+    pub fn new(enable: &[String], disable: &[String]) -> Result<Self, String> {
+        let mut disabled = BTreeSet::new();
+        for name in enable {
+            if !PLUGINS.contains(&name.as_str()) {
+                return Err(format!(
+                    "--enable-admission-plugins: plugin {name:?} is unknown (k3rs has: {})",
+                    PLUGINS.join(", ")
+                ));
+            }
+        }
+        for name in disable {
+            if name == "NamespaceLifecycle" {
+                return Err(
+                    "--disable-admission-plugins: NamespaceLifecycle cannot be disabled in k3rs"
+                        .into(),
+                );
+            }
+            if enable.contains(name) {
+                return Err(format!(
+                    "admission plugin {name:?} is both enabled and disabled"
+                ));
+            }
+            if PLUGINS.contains(&name.as_str()) {
+                disabled.insert(name.clone());
+            } else {
+                tracing::warn!(plugin = %name, "--disable-admission-plugins: unknown plugin, nothing to disable");
+            }
+        }
+        Ok(Self { disabled })
+    }
+
+    pub fn on(&self, name: &str) -> bool {
+        !self.disabled.contains(name)
+    }
+}
 
 /// What a write does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +130,27 @@ pub async fn mutate(
             )));
         }
     }
+    let on = |p: &str| api.admission.on(p);
     if is_core(target, "pods") {
         let ns = target.namespace().unwrap_or("");
-        if let Some(note) = limit_ranger::default_pod(&limit_ranges(api, ns), obj) {
+        if on("LimitRanger")
+            && let Some(note) = limit_ranger::default_pod(&limit_ranges(api, ns), obj)
+        {
             crate::meta::metadata_mut(obj)
                 .entry("annotations")
                 .or_insert_with(|| serde_json::json!({}))["kubernetes.io/limit-ranger"] =
                 Value::String(note);
         }
-        defaults::priority(api, target, obj)?;
-        defaults::toleration_seconds(obj);
-    } else if is_core(target, "persistentvolumeclaims") {
+        if on("ServiceAccount") {
+            service_account::admit_pod(api, target, obj).await?;
+        }
+        if on("Priority") {
+            defaults::priority(api, target, obj)?;
+        }
+        if on("DefaultTolerationSeconds") {
+            defaults::toleration_seconds(obj);
+        }
+    } else if is_core(target, "persistentvolumeclaims") && on("DefaultStorageClass") {
         defaults::storage_class(api, obj).await?;
     }
     Ok(())
@@ -121,7 +193,9 @@ pub async fn admit(
         .and_then(|o| o["metadata"]["name"].as_str())
         .unwrap_or("")
         .to_string();
+    let on = |p: &str| api.admission.on(p);
     if op == Operation::Create
+        && on("LimitRanger")
         && target.req.subresource.is_none()
         && is_core(target, "pods")
         && let Some(pod) = new
@@ -136,15 +210,22 @@ pub async fn admit(
             return Err(ApiError::forbidden(&info.plural, &info.group, &name, &why));
         }
     }
-    node_restriction::admit(api, target, op, old, new).await?;
+    if on("NodeRestriction") {
+        node_restriction::admit(api, target, op, old, new).await?;
+    }
     if op == Operation::Create
         && target.req.subresource.is_none()
         && let Some(obj) = new
     {
-        pod_security_check(api, target, &name, obj, &mut warnings).await?;
-        resource_quota::admit_create(api, target, obj).await?;
+        if on("PodSecurity") {
+            pod_security_check(api, target, &name, obj, &mut warnings).await?;
+        }
+        if on("ResourceQuota") {
+            resource_quota::admit_create(api, target, obj).await?;
+        }
     }
     if op == Operation::Update
+        && on("ResourceQuota")
         && target.req.subresource.is_none()
         && let (Some(old), Some(new)) = (old, new)
     {

@@ -15,6 +15,8 @@ pub enum View {
     Main,
     Status,
     Scale,
+    /// `namespaces/<name>/finalize`.
+    Finalize,
 }
 
 /// A label selector in its string form (`a=b,c in (d,e)`), as `Scale.status.selector` carries it.
@@ -63,7 +65,9 @@ impl View {
     /// What a client reads through this view.
     pub fn present(self, info: &ResourceInfo, obj: &Value) -> Result<Value, ApiError> {
         match self {
-            View::Main | View::Status => Ok(crate::convert::to_served_form(info, obj.clone())),
+            View::Main | View::Status | View::Finalize => {
+                Ok(crate::convert::to_served_form(info, obj.clone()))
+            }
             View::Scale => {
                 let meta = &obj["metadata"];
                 let mut scale_meta = json!({});
@@ -119,7 +123,9 @@ impl View {
         body: Value,
     ) -> Result<Value, ApiError> {
         match self {
-            View::Main | View::Status => Ok(crate::convert::to_storage_form(info, body)),
+            View::Main | View::Status | View::Finalize => {
+                Ok(crate::convert::to_storage_form(info, body))
+            }
             View::Scale => {
                 let name = old["metadata"]["name"].as_str().unwrap_or("");
                 let replicas = body["spec"].get("replicas").cloned().unwrap_or(json!(0));
@@ -170,6 +176,17 @@ pub async fn serve(
     let view = match sub {
         "status" if target.info.has(Subresource::Status) => View::Status,
         "scale" if target.info.has(Subresource::Scale) => View::Scale,
+        "finalize" if target.info.has(Subresource::Finalize) => {
+            if target.req.verb != "update" {
+                let err = ApiError::method_not_allowed(
+                    target.req.verb,
+                    &format!("{}/{sub}", target.info.plural),
+                    &target.info.group,
+                );
+                return Ok(super::refuse(req, &err).await);
+            }
+            View::Finalize
+        }
         // The create-only subresources: a TokenRequest, a pod's binding or eviction.
         "token" | "binding" | "eviction"
             if target.info.has(if sub == "token" {

@@ -287,6 +287,7 @@ fn subresource_name(view: View) -> &'static str {
         View::Main => "",
         View::Status => "status",
         View::Scale => "scale",
+        View::Finalize => "finalize",
     }
 }
 
@@ -502,6 +503,7 @@ async fn commit(
         .flatten();
     match view {
         View::Status => strategy::prepare_status_update(&old, &mut new),
+        View::Finalize => strategy::prepare_finalize_update(&old, &mut new),
         View::Main | View::Scale => strategy::prepare_update(info, &old, &mut new),
     }
     if manager.is_none() {
@@ -674,7 +676,7 @@ pub async fn patch(
         let shown = view.present(&target.info, &old)?;
         let def = match view {
             View::Scale => crate::schema::definition("autoscaling", "v1", "Scale"),
-            View::Main | View::Status => crate::schema::definition(
+            View::Main | View::Status | View::Finalize => crate::schema::definition(
                 &target.info.group,
                 &target.info.version,
                 &target.info.kind,

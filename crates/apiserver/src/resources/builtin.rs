@@ -3,7 +3,9 @@
 use super::{NameRule, ResourceInfo, Subresource};
 
 use NameRule::{Label, Label1035, PathSegment, Subdomain};
-use Subresource::{Attach, Binding, Eviction, Exec, Log, PortForward, Proxy, Scale, Status, Token};
+use Subresource::{
+    Attach, Binding, Eviction, Exec, Finalize, Log, PortForward, Proxy, Scale, Status, Token,
+};
 
 /// (group, version, kind, plural, short names, categories, namespaced, etcd prefix, subresources, name rule)
 type Row = (
@@ -23,7 +25,7 @@ const ALL: &[&str] = &["all"];
 
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
-    ("", "v1", "Namespace", "namespaces", &["ns"], &[], false, "namespaces", &[Status], Label),
+    ("", "v1", "Namespace", "namespaces", &["ns"], &[], false, "namespaces", &[Status, Finalize], Label),
     ("", "v1", "Pod", "pods", &["po"], ALL, true, "pods", &[Status, Binding, Eviction, Log, Exec, Attach, PortForward, Proxy], Subdomain),
     ("", "v1", "Service", "services", &["svc"], ALL, true, "services/specs", &[Status, Proxy], Label1035),
     ("", "v1", "Endpoints", "endpoints", &["ep"], &[], true, "services/endpoints", &[], Subdomain),

@@ -42,6 +42,8 @@ pub enum Subresource {
     Proxy,
     /// `serviceaccounts/token`: a TokenRequest for a bound service-account token.
     Token,
+    /// `namespaces/finalize`: writes change only `spec.finalizers` (the namespace controller's last step).
+    Finalize,
 }
 
 impl Subresource {
@@ -57,6 +59,7 @@ impl Subresource {
             Subresource::PortForward => "portforward",
             Subresource::Proxy => "proxy",
             Subresource::Token => "token",
+            Subresource::Finalize => "finalize",
         }
     }
 
@@ -70,6 +73,7 @@ impl Subresource {
                 &["create", "get"]
             }
             Subresource::Proxy => &["create", "delete", "get", "patch", "update"],
+            Subresource::Finalize => &["update"],
         }
     }
 }

@@ -101,6 +101,17 @@ pub fn prepare_update(info: &ResourceInfo, old: &Value, new: &mut Value) {
         Some(custom) => crate::crd_schema::default(&custom.schema, new),
         None => apply_defaults(&info.kind, new),
     }
+    // A namespace's finalizers change only through `finalize` (upstream's namespace strategy).
+    if info.kind == "Namespace" && info.custom.is_none() {
+        match old["spec"].get("finalizers") {
+            Some(f) => new["spec"]["finalizers"] = f.clone(),
+            None => {
+                if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("finalizers");
+                }
+            }
+        }
+    }
     if info.kind == "CustomResourceDefinition" && info.custom.is_none() {
         new["status"] = crate::crd::status(new, Some(old), &crate::meta::now_rfc3339());
     }
@@ -154,6 +165,21 @@ pub fn prepare_status_update(old: &Value, new: &mut Value) {
                 None => {
                     m.remove(field);
                 }
+            }
+        }
+    }
+    *new = merged;
+}
+
+/// Prepares a namespace `finalize` write: only `spec.finalizers` comes from the client.
+pub fn prepare_finalize_update(old: &Value, new: &mut Value) {
+    let finalizers = new["spec"].get("finalizers").cloned();
+    let mut merged = old.clone();
+    match finalizers {
+        Some(f) => merged["spec"]["finalizers"] = f,
+        None => {
+            if let Some(spec) = merged.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("finalizers");
             }
         }
     }

@@ -2,6 +2,8 @@
 //! SQLite and over Debian's etcd, driven with the real kubectl.
 
 mod gc;
+mod namespace;
+mod serviceaccounts;
 
 use std::io::{Read, Write};
 use std::process::Command;
@@ -26,7 +28,9 @@ where
     Fut: std::future::Future<Output = Result<()>>,
 {
     k3rs_tests::run_test(Duration::from_secs(300), async move {
-        let c = Cluster::start(backend).await?;
+        // With a controller-manager, pods get their ServiceAccount as upstream's.
+        let c =
+            Cluster::start_with(backend, &["--enable-admission-plugins=ServiceAccount"]).await?;
         let health_port = free_port();
         let log = c.data_dir().join("controller-manager.log");
         let mut cmd = Command::new(target_bin("k3rs-controller-manager"));
