@@ -5,36 +5,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::selector::matches;
 use futures_util::StreamExt;
 use k3rs_common::Readiness;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
 const MANAGER: &str = "clusterrole-aggregation-controller";
-
-/// Whether `labels` match a selector (matchLabels and matchExpressions, as upstream's label selectors).
-fn matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.clone().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
 
 /// The rules an aggregated role should have, from every role (`roles` sorted by name).
 pub fn aggregated_rules(role: &ClusterRole, roles: &[ClusterRole]) -> Option<Vec<PolicyRule>> {
@@ -162,6 +141,7 @@ pub async fn run(client: kube::Client, shutdown: CancellationToken, ready: Readi
 mod tests {
     use super::*;
     use k8s_openapi::api::rbac::v1::AggregationRule;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
     use kube::api::ObjectMeta;
 
     fn role(name: &str, labels: &[(&str, &str)], verbs: &[&str]) -> ClusterRole {

@@ -28,7 +28,29 @@ impl<K> Object for K where
 {
 }
 
-type Handler<K> = Arc<dyn Fn(&K) + Send + Sync>;
+/// What happened to an object.
+#[derive(Debug)]
+pub enum Change<'a, K> {
+    Added(&'a K),
+    Updated {
+        old: &'a K,
+        new: &'a K,
+    },
+    /// Deleted: its last known state.
+    Deleted(&'a K),
+}
+
+impl<K> Change<'_, K> {
+    /// The object as it is now (or was last, when deleted).
+    pub fn object(&self) -> &K {
+        match self {
+            Change::Added(o) | Change::Deleted(o) => o,
+            Change::Updated { new, .. } => new,
+        }
+    }
+}
+
+type Handler<K> = Arc<dyn Fn(&Change<'_, K>) + Send + Sync>;
 
 struct Shared<K: Object> {
     api: Api<K>,
@@ -56,6 +78,12 @@ impl<K: Object> Informer<K> {
     /// Calls `handler` with every object that is added, changed or deleted (the last state seen), and with
     /// every object again after each full list.
     pub fn on_change(&self, handler: impl Fn(&K) + Send + Sync + 'static) {
+        self.on_event(move |c| handler(c.object()));
+    }
+
+    /// As [`Informer::on_change`], telling additions, updates (with the previous state) and deletions
+    /// apart.
+    pub fn on_event(&self, handler: impl Fn(&Change<'_, K>) + Send + Sync + 'static) {
         self.shared.handlers.lock().push(Arc::new(handler));
     }
 
@@ -84,10 +112,10 @@ impl<K: Object> Informer<K> {
         self.shared.synced.wait().await;
     }
 
-    fn notify(&self, obj: &K) {
+    fn notify(&self, change: Change<'_, K>) {
         let handlers: Vec<Handler<K>> = self.shared.handlers.lock().clone();
         for h in &handlers {
-            h(obj);
+            h(&change);
         }
     }
 
@@ -117,19 +145,33 @@ impl<K: Object> Informer<K> {
             if matches!(ev, watcher::Event::Init) {
                 before = self.store.state();
             }
+            let previous = match &ev {
+                watcher::Event::Apply(o) => self.store.get(&ObjectRef::from_obj(o)),
+                _ => None,
+            };
             writer.apply_watcher_event(&ev);
             match &ev {
-                watcher::Event::Apply(o) | watcher::Event::Delete(o) => self.notify(o),
+                watcher::Event::Apply(o) => match &previous {
+                    Some(old) => self.notify(Change::Updated { old, new: o }),
+                    None => self.notify(Change::Added(o)),
+                },
+                watcher::Event::Delete(o) => self.notify(Change::Deleted(o)),
                 watcher::Event::InitDone => {
                     // Objects deleted while the watch was down are told as deleted (their last state).
+                    let mut old_by_ref = HashMap::new();
                     for old in before.drain(..) {
                         let r = ObjectRef::from_obj(old.as_ref());
                         if self.store.get(&r).is_none() {
-                            self.notify(&old);
+                            self.notify(Change::Deleted(&old));
+                        } else {
+                            old_by_ref.insert(r, old);
                         }
                     }
                     for o in self.store.state() {
-                        self.notify(&o);
+                        match old_by_ref.get(&ObjectRef::from_obj(o.as_ref())) {
+                            Some(old) => self.notify(Change::Updated { old, new: &o }),
+                            None => self.notify(Change::Added(&o)),
+                        }
                     }
                     if !self.shared.synced.is_ready() {
                         tracing::debug!(kind = %K::kind(&()), objects = self.store.state().len(), "informer synced");

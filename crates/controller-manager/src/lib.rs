@@ -9,11 +9,15 @@
 #![forbid(unsafe_code)]
 
 pub mod clusterrole_aggregation;
+pub mod events;
+pub mod expectations;
 pub mod gc;
 pub mod informers;
 mod metrics;
 pub mod namespace;
 pub mod queue;
+pub mod replicaset;
+pub mod selector;
 pub mod serviceaccounts;
 
 use std::net::SocketAddr;
@@ -28,6 +32,7 @@ pub const CONTROLLERS: &[&str] = &[
     "clusterrole-aggregation",
     "garbagecollector",
     "namespace",
+    "replicaset",
     "root-ca-cert-publisher",
     "serviceaccount",
 ];
@@ -182,6 +187,9 @@ pub async fn run_with_readiness(
     let mut workers = Vec::new();
     if enabled(&config.controllers, "namespace") {
         workers.push(namespace::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "replicaset") {
+        workers.push(replicaset::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "serviceaccount") {
         workers.push(serviceaccounts::start_serviceaccounts(&ctx, &shutdown));

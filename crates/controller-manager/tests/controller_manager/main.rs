@@ -3,6 +3,7 @@
 
 mod gc;
 mod namespace;
+mod replicaset;
 mod serviceaccounts;
 
 use std::io::{Read, Write};

@@ -1,0 +1,599 @@
+//! The ReplicaSet controller, after upstream's: a ReplicaSet adopts orphan pods its selector picks and
+//! releases owned pods it no longer picks, creates missing pods from its template in slow-start batches
+//! (1, 2, 4, … at most 500 per sync) and deletes surplus pods in upstream's order (unscheduled, pending,
+//! not ready, doubled up on a node, ready for less time, restarted more, newer first), waits on
+//! expectations until its cache has seen its own writes, and reports replicas, fully labeled, ready and
+//! available pods with a `ReplicaFailure` condition when creating or deleting fails.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::{Error as KubeError, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::Ctx;
+use crate::events::Recorder;
+use crate::expectations::Expectations;
+use crate::informers::{Change, Informer, key_of, split_key};
+use crate::queue::{Outcome, Queue, run_workers};
+use crate::selector::selects;
+
+/// At most this many pods are created or deleted in one sync (upstream's `BurstReplicas`).
+const BURST: usize = 500;
+const KIND: &str = "ReplicaSet";
+
+/// Pods the controller counts: not finished and not being deleted (upstream's `FilterActivePods`).
+pub fn active(pod: &Pod) -> bool {
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    pod.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded" | "Failed"))
+}
+
+/// When the pod's Ready condition last turned true, if it is ready.
+pub fn ready_since(pod: &Pod) -> Option<Option<k8s_openapi::jiff::Timestamp>> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "True")
+        .map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+}
+
+/// Ready for at least `min_ready` seconds by `now` (upstream's `IsPodAvailable`).
+pub fn available(pod: &Pod, min_ready: i32, now: k8s_openapi::jiff::Timestamp) -> bool {
+    match ready_since(pod) {
+        None => false,
+        Some(_) if min_ready <= 0 => true,
+        Some(None) => false,
+        Some(Some(t)) => t
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                min_ready as i64,
+            ))
+            .is_ok_and(|at| at <= now),
+    }
+}
+
+fn controller_ref(rs: &ReplicaSet) -> OwnerReference {
+    OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: KIND.into(),
+        name: rs.name_any(),
+        uid: rs.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// A new pod from a template, owned by `owner` (upstream's `GetPodFromTemplate`).
+pub fn pod_from_template(
+    template: &PodTemplateSpec,
+    namespace: &str,
+    prefix: &str,
+    owner: OwnerReference,
+) -> Pod {
+    let meta = template.metadata.clone().unwrap_or_default();
+    Pod {
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{prefix}-")),
+            namespace: Some(namespace.into()),
+            labels: meta.labels,
+            annotations: meta.annotations,
+            finalizers: meta.finalizers,
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: template.spec.clone(),
+        status: None,
+    }
+}
+
+/// Whether pod `a` goes before pod `b` when deleting (upstream's `ActivePodsWithRanks.Less`).
+fn delete_first(a: &Pod, b: &Pod, ranks: &HashMap<String, usize>) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    let node = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .unwrap_or_default()
+    };
+    // 1. unscheduled first
+    let (na, nb) = (node(a), node(b));
+    if na.is_empty() != nb.is_empty() {
+        return if na.is_empty() {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
+    }
+    // 2. Pending < Unknown < Running
+    let phase_rank = |p: &Pod| match p.status.as_ref().and_then(|s| s.phase.as_deref()) {
+        Some("Pending") | None => 0,
+        Some("Unknown") => 1,
+        Some("Running") => 2,
+        _ => 0,
+    };
+    match phase_rank(a).cmp(&phase_rank(b)) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    // 3. not ready first
+    let (ra, rb) = (ready_since(a), ready_since(b));
+    if ra.is_some() != rb.is_some() {
+        return if ra.is_none() {
+            Ordering::Less
+        } else {
+            Ordering::Greater
+        };
+    }
+    // 4. doubled up on a node first
+    let rank = |n: &str| ranks.get(n).copied().unwrap_or(0);
+    match rank(&nb).cmp(&rank(&na)) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    // 5. ready for less time first
+    if let (Some(Some(ta)), Some(Some(tb))) = (ra, rb)
+        && ta != tb
+    {
+        return tb.cmp(&ta);
+    }
+    // 6. more restarts first
+    let restarts = |p: &Pod| -> i32 {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).sum())
+            .unwrap_or(0)
+    };
+    match restarts(b).cmp(&restarts(a)) {
+        Ordering::Equal => {}
+        o => return o,
+    }
+    // 7. newer first
+    let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    created(b).cmp(&created(a))
+}
+
+/// The `n` pods to delete, in order.
+pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
+    let mut ranks: HashMap<String, usize> = HashMap::new();
+    for p in pods {
+        if let Some(node) = p.spec.as_ref().and_then(|s| s.node_name.clone()) {
+            *ranks.entry(node).or_default() += 1;
+        }
+    }
+    let mut sorted = pods.to_vec();
+    sorted.sort_by(|a, b| delete_first(a, b, &ranks));
+    sorted.truncate(n);
+    sorted
+}
+
+struct Controller {
+    client: kube::Client,
+    sets: Informer<ReplicaSet>,
+    pods: Informer<Pod>,
+    expectations: Expectations,
+    events: Recorder,
+    queue: Queue<String>,
+}
+
+pub fn start(ctx: &Ctx, shutdown: &CancellationToken) -> JoinSet<()> {
+    let sets: Informer<ReplicaSet> = ctx.informers.get();
+    let pods: Informer<Pod> = ctx.informers.get();
+    let queue: Queue<String> = Queue::new();
+    let c = Arc::new(Controller {
+        client: ctx.client.clone(),
+        sets: sets.clone(),
+        pods: pods.clone(),
+        expectations: Expectations::default(),
+        events: Recorder::new(ctx.client.clone(), "replicaset-controller"),
+        queue: queue.clone(),
+    });
+    let q = queue.clone();
+    let ctl = c.clone();
+    sets.on_event(move |change| {
+        let key = key_of(change.object());
+        if let Change::Deleted(_) = change {
+            ctl.expectations.forget(&key);
+        }
+        q.add(key);
+    });
+    let ctl = c.clone();
+    pods.on_event(move |change| ctl.pod_changed(change));
+    let ctl = c.clone();
+    run_workers(
+        "replicaset",
+        queue,
+        5,
+        shutdown.clone(),
+        move |key: String| {
+            let c = ctl.clone();
+            async move { c.sync(&key).await }
+        },
+    )
+}
+
+impl Controller {
+    fn owner_key(&self, pod: &Pod) -> Option<String> {
+        let owner = pod
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))?;
+        (owner.kind == KIND && owner.api_version.starts_with("apps/"))
+            .then(|| format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name))
+    }
+
+    /// Orphans: every ReplicaSet whose selector picks the pod may adopt it.
+    fn enqueue_adopters(&self, pod: &Pod) {
+        let ns = pod.namespace().unwrap_or_default();
+        let labels = pod.labels();
+        for rs in self.sets.list_in(&ns) {
+            if selects(rs.spec.as_ref().map(|s| &s.selector), labels) {
+                self.queue.add(key_of(rs.as_ref()));
+            }
+        }
+    }
+
+    fn pod_changed(&self, change: &Change<'_, Pod>) {
+        let pod_key = key_of(change.object());
+        match change {
+            Change::Added(pod) => match self.owner_key(pod) {
+                Some(key) => {
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        self.expectations.deletion_observed(&key, &pod_key);
+                    } else {
+                        self.expectations.creation_observed(&key);
+                    }
+                    self.queue.add(key);
+                }
+                None => self.enqueue_adopters(pod),
+            },
+            Change::Updated { old, new } => {
+                let (old_owner, new_owner) = (self.owner_key(old), self.owner_key(new));
+                if let Some(key) = &new_owner
+                    && new.metadata.deletion_timestamp.is_some()
+                    && old.metadata.deletion_timestamp.is_none()
+                {
+                    self.expectations.deletion_observed(key, &pod_key);
+                }
+                if let Some(key) = &old_owner
+                    && old_owner != new_owner
+                {
+                    self.queue.add(key.clone());
+                }
+                match new_owner {
+                    Some(key) => self.queue.add(key),
+                    None if old.labels() != new.labels() || old_owner.is_some() => {
+                        self.enqueue_adopters(new)
+                    }
+                    None => {}
+                }
+            }
+            Change::Deleted(pod) => {
+                if let Some(key) = self.owner_key(pod) {
+                    self.expectations.deletion_observed(&key, &pod_key);
+                    self.queue.add(key);
+                }
+            }
+        }
+    }
+
+    async fn sync(&self, key: &str) -> Outcome {
+        self.sets.synced().await;
+        self.pods.synced().await;
+        let (Some(ns), name) = split_key(key) else {
+            return Ok(None);
+        };
+        let Some(rs) = self.sets.get(Some(ns), name) else {
+            self.expectations.forget(key);
+            return Ok(None);
+        };
+        let needs_sync = self.expectations.satisfied(key);
+        let pods = self.claim_pods(&rs).await?;
+        let mut failure = None;
+        if needs_sync && rs.metadata.deletion_timestamp.is_none() {
+            failure = self.manage(&rs, key, &pods).await;
+        }
+        let requeue = self.update_status(&rs, &pods, failure.as_ref()).await?;
+        if let Some((reason, err)) = failure {
+            return Err(crate::Error::Sync(format!("{reason}: {err}")));
+        }
+        Ok(requeue)
+    }
+
+    /// The active pods the ReplicaSet owns after adopting orphans it selects and releasing owned pods it
+    /// no longer selects.
+    async fn claim_pods(&self, rs: &ReplicaSet) -> Result<Vec<Arc<Pod>>, crate::Error> {
+        let ns = rs.namespace().unwrap_or_default();
+        let uid = rs.uid().unwrap_or_default();
+        let selector = rs.spec.as_ref().map(|s| &s.selector);
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let mut owned = Vec::new();
+        for pod in self.pods.list_in(&ns) {
+            if !active(&pod) {
+                continue;
+            }
+            let picks = selects(selector, pod.labels());
+            let controller = pod
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true));
+            match controller {
+                Some(o) if o.uid == uid => {
+                    if picks {
+                        owned.push(pod);
+                    } else if rs.metadata.deletion_timestamp.is_none() {
+                        let refs: Vec<_> = pod
+                            .owner_references()
+                            .iter()
+                            .filter(|o| o.uid != uid)
+                            .cloned()
+                            .collect();
+                        self.patch_owners(&api, &pod, refs).await?;
+                    }
+                }
+                Some(_) => {}
+                None if picks && rs.metadata.deletion_timestamp.is_none() => {
+                    let mut refs = pod.owner_references().to_vec();
+                    refs.push(controller_ref(rs));
+                    if self.patch_owners(&api, &pod, refs).await? {
+                        owned.push(pod);
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(owned)
+    }
+
+    /// Sets a pod's owner references, guarded by its uid and resourceVersion; false if it changed or went.
+    async fn patch_owners(
+        &self,
+        api: &Api<Pod>,
+        pod: &Pod,
+        refs: Vec<OwnerReference>,
+    ) -> Result<bool, crate::Error> {
+        let patch = json!({"metadata": {
+            "ownerReferences": refs,
+            "uid": pod.uid(),
+            "resourceVersion": pod.resource_version(),
+        }});
+        match api
+            .patch(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Creates or deletes pods towards `spec.replicas`; says what failed.
+    async fn manage(
+        &self,
+        rs: &ReplicaSet,
+        key: &str,
+        pods: &[Arc<Pod>],
+    ) -> Option<(&'static str, String)> {
+        let want = rs
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1)
+            .max(0) as usize;
+        let ns = rs.namespace().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if pods.len() < want {
+            let n = (want - pods.len()).min(BURST);
+            let template = rs.spec.as_ref().and_then(|s| s.template.clone())?;
+            let pod = pod_from_template(&template, &ns, &rs.name_any(), controller_ref(rs));
+            self.expectations.expect_creations(key, n);
+            let (created, failed) = self.slow_start(&api, &pod, n, key, rs).await;
+            if let Some(err) = failed {
+                return Some(("FailedCreate", err));
+            }
+            tracing::debug!(replicaset = %key, created, "created pods");
+        } else if pods.len() > want {
+            let n = (pods.len() - want).min(BURST);
+            let victims = pods_to_delete(pods, n);
+            self.expectations
+                .expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
+            let results = join_all(victims.iter().map(|p| {
+                let api = api.clone();
+                async move {
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions {
+                            uid: p.uid(),
+                            resource_version: None,
+                        }),
+                        ..Default::default()
+                    };
+                    (p, api.delete(&p.name_any(), &dp).await)
+                }
+            }))
+            .await;
+            let mut failure = None;
+            for (p, r) in results {
+                match r {
+                    Ok(_) => self.events.normal(
+                        rs,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {}", p.name_any()),
+                    ),
+                    Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => {
+                        self.expectations
+                            .deletion_observed(key, &key_of(p.as_ref()));
+                    }
+                    Err(err) => {
+                        self.expectations
+                            .deletion_observed(key, &key_of(p.as_ref()));
+                        self.events
+                            .warning(rs, "FailedDelete", format!("Error deleting: {err}"));
+                        failure = Some(("FailedDelete", err.to_string()));
+                    }
+                }
+            }
+            return failure;
+        }
+        None
+    }
+
+    /// Creates `n` pods in batches of 1, 2, 4, …, stopping at the first batch with a failure; returns the
+    /// number created and the first error.
+    async fn slow_start(
+        &self,
+        api: &Api<Pod>,
+        pod: &Pod,
+        n: usize,
+        key: &str,
+        rs: &ReplicaSet,
+    ) -> (usize, Option<String>) {
+        let mut created = 0;
+        let mut batch = n.min(1);
+        let mut remaining = n;
+        while batch > 0 {
+            let results = join_all(
+                (0..batch).map(|_| async { api.create(&PostParams::default(), pod).await }),
+            )
+            .await;
+            let mut error = None;
+            for r in results {
+                match r {
+                    Ok(p) => {
+                        created += 1;
+                        self.events.normal(
+                            rs,
+                            "SuccessfulCreate",
+                            format!("Created pod: {}", p.name_any()),
+                        );
+                    }
+                    Err(err) => {
+                        self.expectations.creation_observed(key);
+                        // Refused because the namespace is going: not a failure of ours.
+                        let terminating = matches!(&err, KubeError::Api(s) if s.code == 403 && s.message.contains("being terminated"));
+                        if !terminating {
+                            self.events.warning(
+                                rs,
+                                "FailedCreate",
+                                format!("Error creating: {err}"),
+                            );
+                        }
+                        error.get_or_insert(err.to_string());
+                    }
+                }
+            }
+            remaining -= batch;
+            if let Some(err) = error {
+                // The pods never tried will not appear either.
+                for _ in 0..remaining {
+                    self.expectations.creation_observed(key);
+                }
+                return (created, Some(err));
+            }
+            batch = remaining.min(2 * batch);
+        }
+        (created, None)
+    }
+
+    /// Writes the status the pods give, if it changed; returns when to look again (pods becoming
+    /// available after `minReadySeconds`).
+    async fn update_status(
+        &self,
+        rs: &ReplicaSet,
+        owned: &[Arc<Pod>],
+        failure: Option<&(&'static str, String)>,
+    ) -> Result<Option<Duration>, crate::Error> {
+        let ns = rs.namespace().unwrap_or_default();
+        // As upstream: the pods claimed before this sync's writes; the ones it created are counted when
+        // the cache sees them (each arrival queues the ReplicaSet again).
+        let pods = owned;
+        let spec = rs.spec.clone().unwrap_or_default();
+        let min_ready = spec.min_ready_seconds.unwrap_or(0);
+        let template_labels: BTreeMap<String, String> = spec
+            .template
+            .as_ref()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let mut status = ReplicaSetStatus {
+            replicas: pods.len() as i32,
+            observed_generation: rs.metadata.generation,
+            ..Default::default()
+        };
+        let (mut fully, mut ready, mut avail) = (0, 0, 0);
+        let mut soonest: Option<Duration> = None;
+        for p in pods {
+            if template_labels
+                .iter()
+                .all(|(k, v)| p.labels().get(k) == Some(v))
+            {
+                fully += 1;
+            }
+            if ready_since(p).is_some() {
+                ready += 1;
+                if available(p, min_ready, now) {
+                    avail += 1;
+                } else {
+                    soonest = Some(Duration::from_secs(min_ready.max(1) as u64));
+                }
+            }
+        }
+        status.fully_labeled_replicas = Some(fully);
+        status.ready_replicas = Some(ready);
+        status.available_replicas = Some(avail);
+        let old = rs.status.clone().unwrap_or_default();
+        let mut conditions = old.conditions.clone().unwrap_or_default();
+        conditions.retain(|c| c.type_ != "ReplicaFailure");
+        if let Some((reason, message)) = failure {
+            let since = old
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+                .and_then(|c| c.last_transition_time.clone());
+            conditions.push(ReplicaSetCondition {
+                type_: "ReplicaFailure".into(),
+                status: "True".into(),
+                reason: Some(reason.to_string()),
+                message: Some(message.clone()),
+                last_transition_time: since.or(Some(Time(now))),
+            });
+        }
+        status.conditions = (!conditions.is_empty()).then_some(conditions);
+        let same = old.replicas == status.replicas
+            && old.fully_labeled_replicas.unwrap_or(0) == fully
+            && old.ready_replicas.unwrap_or(0) == ready
+            && old.available_replicas.unwrap_or(0) == avail
+            && old.observed_generation == status.observed_generation
+            && old.conditions.clone().unwrap_or_default()
+                == status.conditions.clone().unwrap_or_default();
+        if !same {
+            let mut next = rs.clone();
+            next.metadata.managed_fields = None;
+            next.status = Some(status);
+            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
+            match api
+                .replace_status(&rs.name_any(), &PostParams::default(), &next)
+                .await
+            {
+                Ok(_) => {}
+                Err(KubeError::Api(s)) if s.code == 404 => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(soonest)
+    }
+}
