@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod clusterrole_aggregation;
+pub mod deployment;
 pub mod events;
 pub mod expectations;
 pub mod gc;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 /// The controllers this build has, by upstream's names (`--controllers`).
 pub const CONTROLLERS: &[&str] = &[
     "clusterrole-aggregation",
+    "deployment",
     "garbagecollector",
     "namespace",
     "replicaset",
@@ -187,6 +189,9 @@ pub async fn run_with_readiness(
     let mut workers = Vec::new();
     if enabled(&config.controllers, "namespace") {
         workers.push(namespace::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "deployment") {
+        workers.push(deployment::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "replicaset") {
         workers.push(replicaset::start(&ctx, &shutdown));

@@ -1,6 +1,8 @@
 //! End-to-end tests of k3rs-controller-manager as a separate process, against k3rs-apiserver over kine on
 //! SQLite and over Debian's etcd, driven with the real kubectl.
 
+mod deployment;
+mod fake_kubelet;
 mod gc;
 mod namespace;
 mod replicaset;

@@ -1,0 +1,65 @@
+//! The test's stand-in for kubelets: every pod that appears is marked Running and Ready (unless its
+//! first container's image is `never-ready`), which is all the workload controllers read of a kubelet.
+
+use std::path::Path;
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+pub const NEVER_READY: &str = "never-ready";
+
+pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Runs until dropped (abort the handle).
+pub async fn spawn(kubeconfig: &Path) -> Result<tokio::task::JoinHandle<()>> {
+    let client = client(kubeconfig).await?;
+    Ok(tokio::spawn(async move {
+        let all: Api<Pod> = Api::all(client.clone());
+        let mut stream = watcher(all, watcher::Config::default())
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(ev) = stream.next().await {
+            let Ok(pod) = ev else { continue };
+            let image = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            if ready(&pod) || pod.metadata.deletion_timestamp.is_some() || image == NEVER_READY {
+                continue;
+            }
+            let (Some(ns), Some(name)) =
+                (pod.metadata.namespace.clone(), pod.metadata.name.clone())
+            else {
+                continue;
+            };
+            let now = k8s_openapi::jiff::Timestamp::now()
+                .strftime("%Y-%m-%dT%H:%M:%SZ")
+                .to_string();
+            let status = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
+            let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await;
+        }
+    }))
+}
