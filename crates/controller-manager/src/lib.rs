@@ -10,6 +10,7 @@
 
 pub mod clusterrole_aggregation;
 pub mod deployment;
+pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
@@ -32,6 +33,9 @@ use tokio_util::sync::CancellationToken;
 pub const CONTROLLERS: &[&str] = &[
     "clusterrole-aggregation",
     "deployment",
+    "endpoints",
+    "endpointslice",
+    "endpointslicemirroring",
     "garbagecollector",
     "namespace",
     "replicaset",
@@ -50,6 +54,10 @@ pub struct Config {
     /// The CA bundle published to every namespace as `kube-root-ca.crt` (`--root-ca-file`); `None` takes
     /// the CA the kubeconfig trusts.
     pub root_ca_file: Option<PathBuf>,
+    /// `--max-endpoints-per-slice` (upstream's default 100).
+    pub max_endpoints_per_slice: usize,
+    /// `--mirroring-max-endpoints-per-subset` (upstream's default 1000).
+    pub mirroring_max_endpoints_per_subset: usize,
 }
 
 /// What every controller reaches: the API client and the shared informers.
@@ -192,6 +200,23 @@ pub async fn run_with_readiness(
     }
     if enabled(&config.controllers, "deployment") {
         workers.push(deployment::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "endpoints") {
+        workers.push(endpoints::legacy::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "endpointslice") {
+        workers.push(endpoints::slices::start(
+            &ctx,
+            config.max_endpoints_per_slice,
+            &shutdown,
+        ));
+    }
+    if enabled(&config.controllers, "endpointslicemirroring") {
+        workers.push(endpoints::mirroring::start(
+            &ctx,
+            config.mirroring_max_endpoints_per_subset,
+            &shutdown,
+        ));
     }
     if enabled(&config.controllers, "replicaset") {
         workers.push(replicaset::start(&ctx, &shutdown));

@@ -39,6 +39,16 @@ struct Args {
     /// kubeconfig trusts)
     #[arg(long, env = "K3RS_ROOT_CA_FILE")]
     root_ca_file: Option<PathBuf>,
+    /// Endpoints in one EndpointSlice at most
+    #[arg(long, env = "K3RS_MAX_ENDPOINTS_PER_SLICE", default_value_t = 100)]
+    max_endpoints_per_slice: usize,
+    /// Endpoints in one mirrored EndpointSlice at most
+    #[arg(
+        long,
+        env = "K3RS_MIRRORING_MAX_ENDPOINTS_PER_SUBSET",
+        default_value_t = 1000
+    )]
+    mirroring_max_endpoints_per_subset: usize,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -68,6 +78,8 @@ fn main() -> ExitCode {
         health_bind_address,
         controllers: args.controllers,
         root_ca_file: args.root_ca_file,
+        max_endpoints_per_slice: args.max_endpoints_per_slice,
+        mirroring_max_endpoints_per_subset: args.mirroring_max_endpoints_per_subset,
     };
     k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
         k3rs_controller_manager::run(config, shutdown)

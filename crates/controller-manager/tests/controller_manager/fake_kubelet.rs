@@ -1,5 +1,6 @@
-//! The test's stand-in for kubelets: every pod that appears is marked Running and Ready (unless its
-//! first container's image is `never-ready`), which is all the workload controllers read of a kubelet.
+//! The test's stand-in for kubelets: every pod that appears gets an address (a 10.244.x.y string: no
+//! traffic is ever sent) and is marked Running and Ready (unless its first container's image is
+//! `never-ready`), once; later status writes by the test are left alone.
 
 use std::path::Path;
 
@@ -18,17 +19,19 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client> {
     Ok(kube::Client::try_from(config)?)
 }
 
-fn ready(pod: &Pod) -> bool {
+/// Whether a Ready condition was ever written.
+fn started(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready"))
 }
 
 /// Runs until dropped (abort the handle).
 pub async fn spawn(kubeconfig: &Path) -> Result<tokio::task::JoinHandle<()>> {
     let client = client(kubeconfig).await?;
     Ok(tokio::spawn(async move {
+        let mut next_ip: u32 = 0;
         let all: Api<Pod> = Api::all(client.clone());
         let mut stream = watcher(all, watcher::Config::default())
             .default_backoff()
@@ -42,9 +45,16 @@ pub async fn spawn(kubeconfig: &Path) -> Result<tokio::task::JoinHandle<()>> {
                 .and_then(|s| s.containers.first())
                 .and_then(|c| c.image.clone())
                 .unwrap_or_default();
-            if ready(&pod) || pod.metadata.deletion_timestamp.is_some() || image == NEVER_READY {
+            if started(&pod) || pod.metadata.deletion_timestamp.is_some() {
                 continue;
             }
+            next_ip += 1;
+            let ip = format!("10.244.{}.{}", next_ip / 250, next_ip % 250 + 1);
+            let ready = if image == NEVER_READY {
+                "False"
+            } else {
+                "True"
+            };
             let (Some(ns), Some(name)) =
                 (pod.metadata.namespace.clone(), pod.metadata.name.clone())
             else {
@@ -53,9 +63,10 @@ pub async fn spawn(kubeconfig: &Path) -> Result<tokio::task::JoinHandle<()>> {
             let now = k8s_openapi::jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string();
-            let status = json!({"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now}]}});
+            let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "conditions": [
+                {"type": "Ready", "status": ready, "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now}]}});
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             let _ = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))

@@ -2,6 +2,7 @@
 //! SQLite and over Debian's etcd, driven with the real kubectl.
 
 mod deployment;
+mod endpoints;
 mod fake_kubelet;
 mod gc;
 mod namespace;
@@ -14,8 +15,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use k3rs_tests::{Backend, Cluster, Proc, free_port, target_bin};
-
-pub(crate) use k3rs_tests::per_backend;
 
 /// A cluster with a controller-manager beside it.
 pub struct Env {
@@ -30,6 +29,17 @@ where
     F: FnOnce(Env) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
 {
+    run_controllers(backend, "*", body)
+}
+
+/// As [`run`] with only some controllers (`--controllers`), for tests that build by hand what others
+/// would otherwise manage.
+pub fn run_controllers<F, Fut>(backend: Backend, controllers: &str, body: F)
+where
+    F: FnOnce(Env) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let controllers = controllers.to_string();
     k3rs_tests::run_test(Duration::from_secs(300), async move {
         // With a controller-manager, pods get their ServiceAccount as upstream's.
         let c =
@@ -41,6 +51,8 @@ where
             .arg(c.kubeconfig())
             .arg("--healthz-bind-address")
             .arg(format!("127.0.0.1:{health_port}"))
+            .arg("--controllers")
+            .arg(&controllers)
             .env("K3RS_LOG", "info");
         let mut cm = Proc::spawn("k3rs-controller-manager", &mut cmd, &log)?;
         let start = Instant::now();
