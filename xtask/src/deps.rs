@@ -31,6 +31,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     ("procps", "ps/kill, to stop fixtures by PID"),
     (
+        "tzdata",
+        "the time-zone database CronJobs' timeZone is read from",
+    ),
+    (
         "kubernetes-client",
         "kubectl, the client the apiserver tests drive (skipped when /usr/bin/kubectl exists)",
     ),

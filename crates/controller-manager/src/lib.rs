@@ -9,18 +9,21 @@
 #![forbid(unsafe_code)]
 
 pub mod clusterrole_aggregation;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod expectations;
 pub mod gc;
 pub mod informers;
+pub mod job;
 mod metrics;
 pub mod namespace;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;
 pub mod serviceaccounts;
+pub mod ttl_after_finished;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,15 +35,18 @@ use tokio_util::sync::CancellationToken;
 /// The controllers this build has, by upstream's names (`--controllers`).
 pub const CONTROLLERS: &[&str] = &[
     "clusterrole-aggregation",
+    "cronjob",
     "deployment",
     "endpoints",
     "endpointslice",
     "endpointslicemirroring",
     "garbagecollector",
+    "job",
     "namespace",
     "replicaset",
     "root-ca-cert-publisher",
     "serviceaccount",
+    "ttl-after-finished",
 ];
 
 #[derive(Debug, Clone)]
@@ -217,6 +223,15 @@ pub async fn run_with_readiness(
             config.mirroring_max_endpoints_per_subset,
             &shutdown,
         ));
+    }
+    if enabled(&config.controllers, "job") {
+        workers.push(job::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "cronjob") {
+        workers.push(cronjob::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "ttl-after-finished") {
+        workers.push(ttl_after_finished::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "replicaset") {
         workers.push(replicaset::start(&ctx, &shutdown));

@@ -543,7 +543,12 @@ async fn commit(
         .get("finalizers")
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty());
-    if deleting && !finalizers_left && info.kind != "Pod" && info.kind != "Namespace" {
+    // A pod waits for its kubelet unless its grace period is over (upstream's shouldDeleteDuringUpdate).
+    let pod_waits = info.kind == "Pod"
+        && new["metadata"]["deletionGracePeriodSeconds"]
+            .as_i64()
+            .is_none_or(|g| g > 0);
+    if deleting && !finalizers_left && !pod_waits && info.kind != "Namespace" {
         // The last finalizer is gone: the object is deleted now.
         return match api.storage.delete(&current.key, current.mod_revision).await {
             Ok(Guarded::Done(rev)) => {

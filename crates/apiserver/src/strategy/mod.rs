@@ -82,6 +82,50 @@ pub fn prepare_create(info: &ResourceInfo, obj: &mut Value) {
     if info.kind == "CustomResourceDefinition" {
         obj["status"] = crate::crd::status(obj, None, &crate::meta::now_rfc3339());
     }
+    if info.kind == "Job" && info.group == "batch" {
+        generate_job_selector(obj);
+    }
+}
+
+/// Upstream's job strategy: unless `manualSelector`, the template is labelled with the Job's uid and name
+/// (current and legacy keys) and the selector picks the uid.
+fn generate_job_selector(job: &mut Value) {
+    if job["spec"]["manualSelector"] == Value::Bool(true) || !job["spec"].is_object() {
+        return;
+    }
+    let uid = job["metadata"]["uid"].as_str().unwrap_or("").to_string();
+    let name = job["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let template = &mut job["spec"]["template"];
+    if !template.is_object() {
+        return;
+    }
+    let meta = crate::meta::metadata_mut(template);
+    let labels = meta
+        .entry("labels")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(labels) = labels.as_object_mut() {
+        for (k, v) in [
+            ("job-name", &name),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("batch.kubernetes.io/controller-uid", &uid),
+        ] {
+            labels.entry(k).or_insert_with(|| v.clone().into());
+        }
+    }
+    let spec = &mut job["spec"];
+    if !spec["selector"].is_object() {
+        spec["selector"] = serde_json::json!({});
+    }
+    if !spec["selector"]["matchLabels"].is_object() {
+        spec["selector"]["matchLabels"] = serde_json::json!({});
+    }
+    if spec["selector"]["matchLabels"]
+        .get("batch.kubernetes.io/controller-uid")
+        .is_none()
+    {
+        spec["selector"]["matchLabels"]["batch.kubernetes.io/controller-uid"] = uid.into();
+    }
 }
 
 /// Prepares an update of the main resource: keeps `status` (when it is a subresource) and bumps `generation`

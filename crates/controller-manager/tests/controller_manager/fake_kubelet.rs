@@ -1,6 +1,7 @@
 //! The test's stand-in for kubelets: every pod that appears gets an address (a 10.244.x.y string: no
 //! traffic is ever sent) and is marked Running and Ready (unless its first container's image is
-//! `never-ready`), once; later status writes by the test are left alone.
+//! `never-ready`), once; later status writes by the test are left alone. An image `exit:<code>` makes
+//! the pod's container end at once with that code (Succeeded for 0, else Failed).
 
 use std::path::Path;
 
@@ -63,10 +64,28 @@ pub async fn spawn(kubeconfig: &Path) -> Result<tokio::task::JoinHandle<()>> {
             let now = k8s_openapi::jiff::Timestamp::now()
                 .strftime("%Y-%m-%dT%H:%M:%SZ")
                 .to_string();
-            let status = json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
-                "conditions": [
-                {"type": "Ready", "status": ready, "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": ready, "lastTransitionTime": now}]}});
+            let container = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.first())
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
+            let status = match image
+                .strip_prefix("exit:")
+                .and_then(|c| c.parse::<i32>().ok())
+            {
+                Some(code) => json!({"status": {
+                    "phase": if code == 0 { "Succeeded" } else { "Failed" },
+                    "podIP": ip, "podIPs": [{"ip": ip}],
+                    "conditions": [{"type": "Ready", "status": "False", "lastTransitionTime": now}],
+                    "containerStatuses": [{"name": container, "image": image, "imageID": "", "ready": false,
+                        "restartCount": 0, "state": {"terminated": {"exitCode": code, "finishedAt": now,
+                        "reason": if code == 0 { "Completed" } else { "Error" }}}}]}}),
+                None => json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                    "conditions": [
+                    {"type": "Ready", "status": ready, "lastTransitionTime": now},
+                    {"type": "ContainersReady", "status": ready, "lastTransitionTime": now}]}}),
+            };
             let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
             let _ = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))

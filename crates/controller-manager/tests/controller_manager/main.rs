@@ -5,6 +5,7 @@ mod deployment;
 mod endpoints;
 mod fake_kubelet;
 mod gc;
+mod job;
 mod namespace;
 mod replicaset;
 mod serviceaccounts;
