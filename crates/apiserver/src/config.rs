@@ -45,6 +45,10 @@ pub struct Config {
     pub enable_admission_plugins: Vec<String>,
     /// `--disable-admission-plugins`: plugins turned off.
     pub disable_admission_plugins: Vec<String>,
+    /// `--default-not-ready-toleration-seconds` / `--default-unreachable-toleration-seconds`: the
+    /// NoExecute tolerations every pod gets unless it has its own.
+    pub default_not_ready_toleration_seconds: i64,
+    pub default_unreachable_toleration_seconds: i64,
 }
 
 impl Default for Config {
@@ -70,6 +74,8 @@ impl Default for Config {
             audit_policy_file: None,
             enable_admission_plugins: Vec::new(),
             disable_admission_plugins: Vec::new(),
+            default_not_ready_toleration_seconds: 300,
+            default_unreachable_toleration_seconds: 300,
         }
     }
 }

@@ -177,11 +177,13 @@ pub async fn run_with_readiness(
         ),
         None => None,
     };
-    let admission = admission::Plugins::new(
+    let mut admission = admission::Plugins::new(
         &config.enable_admission_plugins,
         &config.disable_admission_plugins,
     )
     .map_err(Error::Config)?;
+    admission.not_ready_seconds = config.default_not_ready_toleration_seconds;
+    admission.unreachable_seconds = config.default_unreachable_toleration_seconds;
     let transformer = storage::encryption::Transformer::new(keys);
     let mut authn = authn;
     authn.proxy_names = config.requestheader_allowed_names.clone();

@@ -104,6 +104,20 @@ struct Args {
     /// Admission plugins to turn off, e.g. ServiceAccount for an apiserver without a controller-manager
     #[arg(long, env = "K3RS_DISABLE_ADMISSION_PLUGINS", value_delimiter = ',')]
     disable_admission_plugins: Vec<String>,
+    /// tolerationSeconds of the not-ready NoExecute toleration added to pods without one
+    #[arg(
+        long,
+        env = "K3RS_DEFAULT_NOT_READY_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    default_not_ready_toleration_seconds: i64,
+    /// tolerationSeconds of the unreachable NoExecute toleration added to pods without one
+    #[arg(
+        long,
+        env = "K3RS_DEFAULT_UNREACHABLE_TOLERATION_SECONDS",
+        default_value_t = 300
+    )]
+    default_unreachable_toleration_seconds: i64,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -189,6 +203,8 @@ fn main() -> ExitCode {
         audit_policy_file: args.audit_policy_file,
         enable_admission_plugins: args.enable_admission_plugins,
         disable_admission_plugins: args.disable_admission_plugins,
+        default_not_ready_toleration_seconds: args.default_not_ready_toleration_seconds,
+        default_unreachable_toleration_seconds: args.default_unreachable_toleration_seconds,
     };
     k3rs_common::signal::run_daemon("k3rs-apiserver", |shutdown| {
         k3rs_apiserver::run(config, shutdown)

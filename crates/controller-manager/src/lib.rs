@@ -10,6 +10,7 @@
 
 pub mod clusterrole_aggregation;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod informers;
 pub mod job;
 mod metrics;
 pub mod namespace;
+pub mod node;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;
@@ -33,21 +35,43 @@ use k3rs_common::{HealthServer, HealthState, Readiness};
 use tokio_util::sync::CancellationToken;
 
 /// The controllers this build has, by upstream's names (`--controllers`).
-pub const CONTROLLERS: &[&str] = &[
-    "clusterrole-aggregation",
-    "cronjob",
-    "deployment",
-    "endpoints",
-    "endpointslice",
-    "endpointslicemirroring",
-    "garbagecollector",
-    "job",
-    "namespace",
-    "replicaset",
-    "root-ca-cert-publisher",
-    "serviceaccount",
-    "ttl-after-finished",
+pub const CONTROLLERS: &[(&str, &str)] = &[
+    (
+        "clusterrole-aggregation-controller",
+        "clusterrole-aggregation",
+    ),
+    ("cronjob-controller", "cronjob"),
+    ("daemonset-controller", "daemonset"),
+    ("deployment-controller", "deployment"),
+    ("endpoints-controller", "endpoint"),
+    ("endpointslice-controller", "endpointslice"),
+    (
+        "endpointslice-mirroring-controller",
+        "endpointslicemirroring",
+    ),
+    ("garbage-collector-controller", "garbagecollector"),
+    ("job-controller", "job"),
+    ("namespace-controller", "namespace"),
+    ("node-ipam-controller", "nodeipam"),
+    ("node-lifecycle-controller", "nodelifecycle"),
+    ("pod-garbage-collector-controller", "podgc"),
+    ("replicaset-controller", "replicaset"),
+    (
+        "root-ca-certificate-publisher-controller",
+        "root-ca-cert-publisher",
+    ),
+    ("serviceaccount-controller", "serviceaccount"),
+    ("taint-eviction-controller", "taint-eviction-controller"),
+    ("ttl-after-finished-controller", "ttl-after-finished"),
 ];
+
+/// The (name, alias) pair `name` is either of.
+fn controller_names(name: &str) -> Option<(&'static str, &'static str)> {
+    CONTROLLERS
+        .iter()
+        .copied()
+        .find(|(n, a)| *n == name || *a == name)
+}
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -64,6 +88,36 @@ pub struct Config {
     pub max_endpoints_per_slice: usize,
     /// `--mirroring-max-endpoints-per-subset` (upstream's default 1000).
     pub mirroring_max_endpoints_per_subset: usize,
+    /// `--allocate-node-cidrs` with `--cluster-cidr` and `--node-cidr-mask-size`.
+    pub allocate_node_cidrs: bool,
+    pub cluster_cidr: String,
+    pub node_cidr_mask_size: u8,
+    /// `--node-monitor-grace-period`, `--node-startup-grace-period`, `--node-monitor-period`.
+    pub node_timing: node::lifecycle::Timing,
+    /// `--terminated-pod-gc-threshold` (0: never by count).
+    pub terminated_pod_gc_threshold: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            health_bind_address: None,
+            controllers: vec!["*".into()],
+            root_ca_file: None,
+            max_endpoints_per_slice: 100,
+            mirroring_max_endpoints_per_subset: 1000,
+            allocate_node_cidrs: true,
+            cluster_cidr: "10.42.0.0/16".into(),
+            node_cidr_mask_size: 24,
+            node_timing: node::lifecycle::Timing {
+                grace: std::time::Duration::from_secs(40),
+                startup_grace: std::time::Duration::from_secs(60),
+                period: std::time::Duration::from_secs(5),
+            },
+            terminated_pod_gc_threshold: 12500,
+        }
+    }
 }
 
 /// What every controller reaches: the API client and the shared informers.
@@ -84,7 +138,7 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("unknown controller {0:?} (known: {known})", known = CONTROLLERS.join(", "))]
+    #[error("unknown controller {0:?} (known: {known})", known = CONTROLLERS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))]
     UnknownController(String),
     #[error("root CA: {0}")]
     RootCa(String),
@@ -96,13 +150,15 @@ pub enum Error {
 /// Whether `name` is enabled by `--controllers` (upstream's rules: explicit `-name` wins, then `name`,
 /// then `*`).
 pub fn enabled(controllers: &[String], name: &str) -> bool {
+    let (canonical, alias) = controller_names(name).unwrap_or((name, name));
+    let is = |c: &str| c == canonical || c == alias;
     if controllers
         .iter()
-        .any(|c| c.strip_prefix('-') == Some(name))
+        .any(|c| c.strip_prefix('-').is_some_and(is))
     {
         return false;
     }
-    controllers.iter().any(|c| c == name || c == "*")
+    controllers.iter().any(|c| is(c) || c == "*")
 }
 
 /// The API client, and the CA bundle the kubeconfig trusts (PEM).
@@ -163,7 +219,7 @@ pub async fn run_with_readiness(
 ) -> Result<(), Error> {
     for c in &config.controllers {
         let name = c.trim_start_matches('-');
-        if name != "*" && !CONTROLLERS.contains(&name) {
+        if name != "*" && controller_names(name).is_none() {
             return Err(Error::UnknownController(name.to_string()));
         }
     }
@@ -207,7 +263,7 @@ pub async fn run_with_readiness(
     if enabled(&config.controllers, "deployment") {
         workers.push(deployment::start(&ctx, &shutdown));
     }
-    if enabled(&config.controllers, "endpoints") {
+    if enabled(&config.controllers, "endpoint") {
         workers.push(endpoints::legacy::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "endpointslice") {
@@ -232,6 +288,27 @@ pub async fn run_with_readiness(
     }
     if enabled(&config.controllers, "ttl-after-finished") {
         workers.push(ttl_after_finished::start(&ctx, &shutdown));
+    }
+    if config.allocate_node_cidrs && enabled(&config.controllers, "nodeipam") {
+        let ranges = node::ipam::Ranges::new(&config.cluster_cidr, config.node_cidr_mask_size)
+            .map_err(Error::Sync)?;
+        workers.push(node::ipam::start(&ctx, ranges, &shutdown));
+    }
+    if enabled(&config.controllers, "nodelifecycle") {
+        workers.push(node::lifecycle::start(&ctx, config.node_timing, &shutdown));
+    }
+    if enabled(&config.controllers, "taint-eviction-controller") {
+        workers.push(node::eviction::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "podgc") {
+        workers.push(node::podgc::start(
+            &ctx,
+            config.terminated_pod_gc_threshold,
+            &shutdown,
+        ));
+    }
+    if enabled(&config.controllers, "daemonset") {
+        workers.push(daemonset::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "replicaset") {
         workers.push(replicaset::start(&ctx, &shutdown));

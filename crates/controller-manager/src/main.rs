@@ -49,6 +49,31 @@ struct Args {
         default_value_t = 1000
     )]
     mirroring_max_endpoints_per_subset: usize,
+    /// Give each node a pod CIDR from --cluster-cidr
+    #[arg(long, env = "K3RS_ALLOCATE_NODE_CIDRS", default_value_t = true, action = clap::ArgAction::Set)]
+    allocate_node_cidrs: bool,
+    /// The pod network nodes' pod CIDRs are cut from
+    #[arg(long, env = "K3RS_CLUSTER_CIDR", default_value = "10.42.0.0/16")]
+    cluster_cidr: String,
+    /// Prefix length of each node's pod CIDR
+    #[arg(long, env = "K3RS_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
+    node_cidr_mask_size: u8,
+    /// How long a node may go without renewing its Lease before it is Unknown
+    #[arg(long, env = "K3RS_NODE_MONITOR_GRACE_PERIOD", default_value = "40s")]
+    node_monitor_grace_period: String,
+    /// How long a new node may take to report before it is Unknown
+    #[arg(long, env = "K3RS_NODE_STARTUP_GRACE_PERIOD", default_value = "1m0s")]
+    node_startup_grace_period: String,
+    /// How often every node's health is checked
+    #[arg(long, env = "K3RS_NODE_MONITOR_PERIOD", default_value = "5s")]
+    node_monitor_period: String,
+    /// Finished pods kept before the oldest are deleted (0: no limit)
+    #[arg(
+        long,
+        env = "K3RS_TERMINATED_POD_GC_THRESHOLD",
+        default_value_t = 12500
+    )]
+    terminated_pod_gc_threshold: usize,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -73,6 +98,26 @@ fn main() -> ExitCode {
             }
         },
     };
+    let duration = |flag: &str, v: &str| {
+        k3rs_controller_manager::node::parse_duration(v).map_err(|e| format!("--{flag} {v:?}: {e}"))
+    };
+    let timing = match (
+        duration("node-monitor-grace-period", &args.node_monitor_grace_period),
+        duration("node-startup-grace-period", &args.node_startup_grace_period),
+        duration("node-monitor-period", &args.node_monitor_period),
+    ) {
+        (Ok(grace), Ok(startup_grace), Ok(period)) => {
+            k3rs_controller_manager::node::lifecycle::Timing {
+                grace,
+                startup_grace,
+                period,
+            }
+        }
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            let _ = writeln!(std::io::stderr(), "k3rs-controller-manager: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = Config {
         kubeconfig: args.kubeconfig,
         health_bind_address,
@@ -80,6 +125,11 @@ fn main() -> ExitCode {
         root_ca_file: args.root_ca_file,
         max_endpoints_per_slice: args.max_endpoints_per_slice,
         mirroring_max_endpoints_per_subset: args.mirroring_max_endpoints_per_subset,
+        allocate_node_cidrs: args.allocate_node_cidrs,
+        cluster_cidr: args.cluster_cidr,
+        node_cidr_mask_size: args.node_cidr_mask_size,
+        node_timing: timing,
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
     };
     k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
         k3rs_controller_manager::run(config, shutdown)

@@ -76,10 +76,10 @@ pub fn priority(api: &Api, target: &Target, pod: &mut Value) -> Result<(), ApiEr
 
 /// DefaultTolerationSeconds: tolerate `not-ready` and `unreachable` nodes for 300 s unless the pod
 /// already says otherwise.
-pub fn toleration_seconds(pod: &mut Value) {
-    for key in [
-        "node.kubernetes.io/not-ready",
-        "node.kubernetes.io/unreachable",
+pub fn toleration_seconds(pod: &mut Value, not_ready: i64, unreachable: i64) {
+    for (key, seconds) in [
+        ("node.kubernetes.io/not-ready", not_ready),
+        ("node.kubernetes.io/unreachable", unreachable),
     ] {
         let tolerations = pod["spec"]["tolerations"]
             .as_array()
@@ -96,7 +96,7 @@ pub fn toleration_seconds(pod: &mut Value) {
             continue;
         }
         let mut list = tolerations;
-        list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
         pod["spec"]["tolerations"] = Value::Array(list);
     }
 }
@@ -151,12 +151,12 @@ mod tests {
     #[test]
     fn tolerations_are_added_once() {
         let mut pod = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}]}});
-        toleration_seconds(&mut pod);
+        toleration_seconds(&mut pod, 300, 300);
         let t = pod["spec"]["tolerations"].as_array().unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(t[0]["tolerationSeconds"], 60);
         assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
-        toleration_seconds(&mut pod);
+        toleration_seconds(&mut pod, 300, 300);
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
     }
 }

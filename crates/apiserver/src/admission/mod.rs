@@ -35,9 +35,23 @@ pub const PLUGINS: &[&str] = &[
 ];
 
 /// Which admission plugins run.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Plugins {
     disabled: BTreeSet<String>,
+    /// DefaultTolerationSeconds' `--default-not-ready-toleration-seconds` and
+    /// `--default-unreachable-toleration-seconds`.
+    pub not_ready_seconds: i64,
+    pub unreachable_seconds: i64,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Self {
+            disabled: BTreeSet::new(),
+            not_ready_seconds: 300,
+            unreachable_seconds: 300,
+        }
+    }
 }
 
 impl Plugins {
@@ -71,7 +85,10 @@ impl Plugins {
                 tracing::warn!(plugin = %name, "--disable-admission-plugins: unknown plugin, nothing to disable");
             }
         }
-        Ok(Self { disabled })
+        Ok(Self {
+            disabled,
+            ..Self::default()
+        })
     }
 
     pub fn on(&self, name: &str) -> bool {
@@ -148,7 +165,11 @@ pub async fn mutate(
             defaults::priority(api, target, obj)?;
         }
         if on("DefaultTolerationSeconds") {
-            defaults::toleration_seconds(obj);
+            defaults::toleration_seconds(
+                obj,
+                api.admission.not_ready_seconds,
+                api.admission.unreachable_seconds,
+            );
         }
     } else if is_core(target, "persistentvolumeclaims") && on("DefaultStorageClass") {
         defaults::storage_class(api, obj).await?;

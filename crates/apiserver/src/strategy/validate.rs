@@ -206,6 +206,21 @@ pub fn immutable(kind: &str, old: &Value, new: &Value) -> Vec<Cause> {
     };
     let spec = |v: &'_ Value, f: &str| v.get("spec").and_then(|s| s.get(f)).cloned();
     match kind {
+        // A node's pod CIDRs are set once (upstream's ValidateNodeUpdate).
+        "Node" => {
+            for f in ["podCIDR", "podCIDRs"] {
+                let (a, b) = (spec(old, f), spec(new, f));
+                let unset = a
+                    .as_ref()
+                    .is_none_or(|v| v.is_null() || v == "" || v == &Value::Array(vec![]));
+                if !unset && a != b {
+                    causes.push(Cause::forbidden(
+                        format!("spec.{f}"),
+                        "node updates may not change podCIDR except from \"\" to valid",
+                    ));
+                }
+            }
+        }
         "RoleBinding" | "ClusterRoleBinding" if old.get("roleRef") != new.get("roleRef") => {
             causes.push(Cause::invalid(
                 "roleRef",
