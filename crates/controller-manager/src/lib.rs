@@ -18,6 +18,7 @@ pub mod expectations;
 pub mod gc;
 pub mod informers;
 pub mod job;
+pub mod leader;
 mod metrics;
 pub mod namespace;
 pub mod node;
@@ -96,6 +97,8 @@ pub struct Config {
     pub node_timing: node::lifecycle::Timing,
     /// `--terminated-pod-gc-threshold` (0: never by count).
     pub terminated_pod_gc_threshold: usize,
+    /// `--leader-elect` and its settings (`None`: run without electing a leader).
+    pub leader_election: Option<leader::Settings>,
 }
 
 impl Default for Config {
@@ -116,6 +119,7 @@ impl Default for Config {
                 period: std::time::Duration::from_secs(5),
             },
             terminated_pod_gc_threshold: 12500,
+            leader_election: Some(leader::Settings::controller_manager()),
         }
     }
 }
@@ -142,6 +146,8 @@ pub enum Error {
     UnknownController(String),
     #[error("root CA: {0}")]
     RootCa(String),
+    #[error("leader election lost")]
+    LeaderLost,
     /// A controller could not do its work (it is retried).
     #[error("{0}")]
     Sync(String),
@@ -234,6 +240,28 @@ pub async fn run_with_readiness(
         }
         tokio::spawn(server.serve(shutdown.clone()));
     }
+    // Only the leader runs controllers; they stop on shutdown or when leadership is lost.
+    let work = shutdown.child_token();
+    let mut renewing = None;
+    if let Some(settings) = config.leader_election.clone() {
+        let mut elector = leader::Elector::new(client.clone(), settings);
+        if !elector.acquire(&shutdown).await {
+            return Ok(());
+        }
+        let stop = CancellationToken::new();
+        let (w, s) = (work.clone(), stop.clone());
+        renewing = Some((
+            stop,
+            tokio::spawn(async move {
+                let kept = elector.hold(&s).await;
+                if !kept {
+                    w.cancel();
+                }
+                kept
+            }),
+        ));
+    }
+    let shutdown = work;
     // Ready once every enabled controller is.
     let mut parts = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -333,6 +361,13 @@ pub async fn run_with_readiness(
     while tasks.join_next().await.is_some() {}
     for mut w in workers {
         while w.join_next().await.is_some() {}
+    }
+    // Stopped: the Lease is released (or was lost, which ends the process as upstream's does).
+    if let Some((stop, handle)) = renewing {
+        stop.cancel();
+        if !handle.await.unwrap_or(false) {
+            return Err(Error::LeaderLost);
+        }
     }
     tracing::info!("controller-manager stopped");
     Ok(())

@@ -74,6 +74,32 @@ struct Args {
         default_value_t = 12500
     )]
     terminated_pod_gc_threshold: usize,
+    /// Run the controllers only while holding the leader Lease (for several controller-managers)
+    #[arg(long, env = "K3RS_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long a leader's Lease lasts without renewal
+    #[arg(long, env = "K3RS_LEADER_ELECT_LEASE_DURATION", default_value = "15s")]
+    leader_elect_lease_duration: String,
+    /// How long the leader keeps trying to renew before it gives up
+    #[arg(long, env = "K3RS_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s")]
+    leader_elect_renew_deadline: String,
+    /// How often candidates try to take, and the leader to renew, the Lease
+    #[arg(long, env = "K3RS_LEADER_ELECT_RETRY_PERIOD", default_value = "2s")]
+    leader_elect_retry_period: String,
+    /// The Lease's name
+    #[arg(
+        long,
+        env = "K3RS_LEADER_ELECT_RESOURCE_NAME",
+        default_value = "kube-controller-manager"
+    )]
+    leader_elect_resource_name: String,
+    /// The Lease's namespace
+    #[arg(
+        long,
+        env = "K3RS_LEADER_ELECT_RESOURCE_NAMESPACE",
+        default_value = "kube-system"
+    )]
+    leader_elect_resource_namespace: String,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -118,6 +144,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let leader_election = if args.leader_elect {
+        let mut s = k3rs_controller_manager::leader::Settings::controller_manager();
+        match (
+            duration(
+                "leader-elect-lease-duration",
+                &args.leader_elect_lease_duration,
+            ),
+            duration(
+                "leader-elect-renew-deadline",
+                &args.leader_elect_renew_deadline,
+            ),
+            duration("leader-elect-retry-period", &args.leader_elect_retry_period),
+        ) {
+            (Ok(l), Ok(r), Ok(p)) => {
+                s.lease_duration = l;
+                s.renew_deadline = r;
+                s.retry_period = p;
+            }
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                let _ = writeln!(std::io::stderr(), "k3rs-controller-manager: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+        s.name = args.leader_elect_resource_name;
+        s.namespace = args.leader_elect_resource_namespace;
+        Some(s)
+    } else {
+        None
+    };
     let config = Config {
         kubeconfig: args.kubeconfig,
         health_bind_address,
@@ -130,6 +185,7 @@ fn main() -> ExitCode {
         node_cidr_mask_size: args.node_cidr_mask_size,
         node_timing: timing,
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        leader_election,
     };
     k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
         k3rs_controller_manager::run(config, shutdown)

@@ -7,6 +7,7 @@ mod endpoints;
 mod fake_kubelet;
 mod gc;
 mod job;
+mod leader;
 mod namespace;
 mod node;
 mod replicaset;
@@ -96,9 +97,21 @@ where
     });
 }
 
-/// Starts a controller-manager and waits until it is ready (every informer synced).
+/// Starts a controller-manager and waits until it is ready (leading, every informer synced).
 async fn spawn_cm(c: &Cluster, health_port: u16, args: &[String]) -> Result<Proc> {
-    let log = c.data_dir().join("controller-manager.log");
+    spawn_cm_as(c, health_port, args, "controller-manager", "/readyz").await
+}
+
+/// Starts a controller-manager logging to `<name>.log` and waits until `probe` answers 200 (`/healthz`
+/// for one that may be waiting to lead).
+pub async fn spawn_cm_as(
+    c: &Cluster,
+    health_port: u16,
+    args: &[String],
+    name: &str,
+    probe: &str,
+) -> Result<Proc> {
+    let log = c.data_dir().join(format!("{name}.log"));
     let mut cmd = Command::new(target_bin("k3rs-controller-manager"));
     cmd.arg("--kubeconfig")
         .arg(c.kubeconfig())
@@ -109,7 +122,7 @@ async fn spawn_cm(c: &Cluster, health_port: u16, args: &[String]) -> Result<Proc
     let mut cm = Proc::spawn("k3rs-controller-manager", &mut cmd, &log)?;
     let start = Instant::now();
     loop {
-        if http_get(health_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
+        if http_get(health_port, probe).is_ok_and(|(code, _)| code == 200) {
             return Ok(cm);
         }
         if !cm.alive() || start.elapsed() > Duration::from_secs(60) {
@@ -120,6 +133,11 @@ async fn spawn_cm(c: &Cluster, health_port: u16, args: &[String]) -> Result<Proc
 }
 
 impl Env {
+    /// The flags this test's controller-manager runs with.
+    pub fn cm_args(&self) -> &[String] {
+        &self.cm_args
+    }
+
     /// Stops the controller-manager (SIGTERM) and starts it again with the same flags.
     pub async fn restart_cm(&mut self) -> Result<()> {
         self.cm.terminate(Duration::from_secs(10));
