@@ -26,6 +26,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod selector;
 pub mod serviceaccounts;
+pub mod statefulset;
 pub mod ttl_after_finished;
 
 use std::net::SocketAddr;
@@ -62,6 +63,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
         "root-ca-cert-publisher",
     ),
     ("serviceaccount-controller", "serviceaccount"),
+    ("statefulset-controller", "statefulset"),
     ("taint-eviction-controller", "taint-eviction-controller"),
     ("ttl-after-finished-controller", "ttl-after-finished"),
 ];
@@ -334,6 +336,9 @@ pub async fn run_with_readiness(
             config.terminated_pod_gc_threshold,
             &shutdown,
         ));
+    }
+    if enabled(&config.controllers, "statefulset") {
+        workers.push(statefulset::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "daemonset") {
         workers.push(daemonset::start(&ctx, &shutdown));

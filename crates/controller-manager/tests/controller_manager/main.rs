@@ -12,6 +12,7 @@ mod namespace;
 mod node;
 mod replicaset;
 mod serviceaccounts;
+mod statefulset;
 
 use std::io::{Read, Write};
 use std::process::Command;
