@@ -40,8 +40,9 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("kine") => kine(rounds, only),
         Some("apiserver") => crate::bench_apiserver::run(rounds, only),
-        Some(other) => bail!("unknown benchmark {other:?} (known: kine, apiserver)"),
-        None => bail!("usage: cargo xtask bench <name> (known: kine, apiserver)"),
+        Some("controllers") => crate::bench_controllers::run(rounds, only),
+        Some(other) => bail!("unknown benchmark {other:?} (known: kine, apiserver, controllers)"),
+        None => bail!("usage: cargo xtask bench <name> (known: kine, apiserver, controllers)"),
     }
 }
 

@@ -12,20 +12,20 @@ use crate::bench::{json_number, median, rss_bytes};
 use crate::util::{self, Daemon};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Store {
+pub(crate) enum Store {
     KineSqlite,
     Etcd,
 }
 
 impl Store {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Store::KineSqlite => "kine/SQLite",
             Store::Etcd => "etcd 3.4",
         }
     }
 
-    fn short(self) -> &'static str {
+    pub(crate) fn short(self) -> &'static str {
         match self {
             Store::KineSqlite => "sqlite",
             Store::Etcd => "etcd",
@@ -88,7 +88,7 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     Ok(())
 }
 
-fn wait_log(log: &Path, line: &str, timeout: Duration) -> Result<()> {
+pub(crate) fn wait_log(log: &Path, line: &str, timeout: Duration) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if std::fs::read_to_string(log)
@@ -102,7 +102,7 @@ fn wait_log(log: &Path, line: &str, timeout: Duration) -> Result<()> {
     bail!("{} does not say {line:?} after {timeout:?}", log.display())
 }
 
-fn start_store(store: Store, dir: &Path) -> Result<(Daemon, u16)> {
+pub(crate) fn start_store(store: Store, dir: &Path) -> Result<(Daemon, u16)> {
     let port = util::free_port()?;
     let log = dir.join("store.log");
     let daemon = match store {

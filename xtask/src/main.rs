@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_apiserver;
+mod bench_controllers;
 mod cluster;
 mod codegen;
 mod deps;

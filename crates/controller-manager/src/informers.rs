@@ -10,6 +10,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use k3rs_common::Readiness;
+use k8s_openapi::api::core::v1::{Affinity, Container, Pod, PodSpec};
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -123,9 +124,15 @@ impl<K: Object> Informer<K> {
         let Some(mut writer) = self.shared.writer.lock().take() else {
             return;
         };
-        // managedFields are never read by a controller: not keeping them roughly halves the cache.
+        // managedFields are never read by a controller: not keeping them roughly halves the cache; pods
+        // are kept as far as controllers read them.
         let mut stream = watcher(self.shared.api.clone(), watcher::Config::default())
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None)
+            .modify(|o: &mut K| {
+                o.meta_mut().managed_fields = None;
+                if let Some(pod) = (o as &mut dyn Any).downcast_mut::<Pod>() {
+                    slim_pod(pod);
+                }
+            })
             .default_backoff()
             .boxed();
         let mut before: Vec<Arc<K>> = Vec::new();
@@ -186,6 +193,41 @@ impl<K: Object> Informer<K> {
 
 /// Starts one informer's watch.
 type Runner = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
+
+/// Drops what no controller reads from a cached pod: of the spec only scheduling, identity, restart
+/// policy and the containers' names, images and ports stay; the status stays whole. (Controllers write
+/// pods through patches of the fields they own, never the cached object back.)
+fn slim_pod(pod: &mut Pod) {
+    if let Some(spec) = pod.spec.take() {
+        let containers = spec
+            .containers
+            .into_iter()
+            .map(|c| Container {
+                name: c.name,
+                image: c.image,
+                ports: c.ports,
+                ..Default::default()
+            })
+            .collect();
+        pod.spec = Some(PodSpec {
+            containers,
+            node_name: spec.node_name,
+            hostname: spec.hostname,
+            subdomain: spec.subdomain,
+            tolerations: spec.tolerations,
+            affinity: spec.affinity.map(|a| Affinity {
+                node_affinity: a.node_affinity,
+                ..Default::default()
+            }),
+            restart_policy: spec.restart_policy,
+            host_network: spec.host_network,
+            ..Default::default()
+        });
+    }
+    if let Some(a) = pod.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
 
 /// The shared informers of a controller-manager: `get` before `start`.
 pub struct Informers {
