@@ -5,7 +5,7 @@
 //! `<ds>-<hash>` with `controller-revision-hash` on pods; RollingUpdate within `maxUnavailable` (or
 //! surging with `maxSurge`) and OnDelete; upstream's status counts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::join_all;
@@ -15,16 +15,14 @@ use k8s_openapi::api::core::v1::{
     Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
+use kube::api::{Api, PostParams};
 use kube::{Error as KubeError, ResourceExt};
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
-use crate::deployment::util::{scaled, template_hash};
+use crate::deployment::util::scaled;
 use crate::events::Recorder;
 use crate::expectations::Expectations;
 use crate::informers::{Change, Informer, controller_of, key_of, split_key};
@@ -257,84 +255,32 @@ impl Controller {
             .as_ref()
             .map(|s| s.template.clone())
             .unwrap_or_default();
-        let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
-        let hash = template_hash(&template, collisions);
-        let ns = ds.namespace().unwrap_or_default();
-        let uid = ds.uid().unwrap_or_default();
-        let mine: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list_in(&ns)
-            .into_iter()
-            .filter(|r| controller_of(r.as_ref(), "DaemonSet").is_some_and(|(_, u)| u == uid))
-            .collect();
-        let max = mine.iter().map(|r| r.revision).max().unwrap_or(0);
-        let name = format!("{}-{hash}", ds.name_any());
-        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), &ns);
-        match mine.iter().find(|r| r.name_any() == name) {
-            Some(r) if r.revision == max => {}
-            Some(r) => {
-                let mut r = (**r).clone();
-                r.revision = max + 1;
-                r.metadata.managed_fields = None;
-                api.replace(&name, &PostParams::default(), &r).await?;
-            }
-            None => {
-                let mut labels: BTreeMap<String, String> = template
-                    .metadata
-                    .as_ref()
-                    .and_then(|m| m.labels.clone())
-                    .unwrap_or_default();
-                labels.insert(HASH_LABEL.into(), hash.clone());
-                let rev = ControllerRevision {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(ns.clone()),
-                        labels: Some(labels),
-                        owner_references: Some(vec![Self::owner(ds)]),
-                        ..Default::default()
-                    },
-                    data: Some(RawExtension(
-                        json!({"spec": {"template": {"$patch": "replace", "metadata": template.metadata, "spec": template.spec}}}),
-                    )),
-                    revision: max + 1,
-                };
-                match api.create(&PostParams::default(), &rev).await {
-                    Ok(_) => {}
-                    Err(KubeError::Api(s)) if s.code == 409 => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        }
-        // Old revisions beyond the history limit, unused by any pod, go.
+        let labels = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
         let limit = ds
             .spec
             .as_ref()
             .and_then(|s| s.revision_history_limit)
             .unwrap_or(10)
-            .max(0) as usize;
-        let used: Vec<String> = self
-            .pods
-            .list_in(&ns)
-            .iter()
-            .filter_map(|p| p.labels().get(HASH_LABEL).cloned())
-            .collect();
-        let mut old: Vec<&Arc<ControllerRevision>> = mine
-            .iter()
-            .filter(|r| {
-                r.name_any() != name
-                    && !r.labels().get(HASH_LABEL).is_some_and(|h| used.contains(h))
-            })
-            .collect();
-        if old.len() > limit {
-            old.sort_by_key(|r| r.revision);
-            for r in old.iter().take(old.len() - limit) {
-                match api.delete(&r.name_any(), &DeleteParams::default()).await {
-                    Ok(_) | Err(KubeError::Api(_)) => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        }
-        Ok(hash)
+            .max(0);
+        let rev = crate::owned::sync_revision(
+            &self.client,
+            &self.revisions,
+            &self.pods,
+            Self::owner(ds),
+            &ds.namespace().unwrap_or_default(),
+            labels,
+            &template,
+            ds.status.as_ref().and_then(|s| s.collision_count),
+            limit as usize,
+            HASH_LABEL,
+            |r| r.hash.clone(),
+        )
+        .await?;
+        Ok(rev.hash)
     }
 
     fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
@@ -432,37 +378,15 @@ impl Controller {
         key: &str,
         pods: &[Arc<Pod>],
     ) -> Result<(), crate::Error> {
-        if pods.is_empty() {
-            return Ok(());
-        }
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), &ds.namespace().unwrap_or_default());
-        self.expectations
-            .expect_deletions(key, pods.iter().map(|p| key_of(p.as_ref())));
-        for p in pods {
-            let dp = DeleteParams {
-                preconditions: Some(Preconditions {
-                    uid: p.uid(),
-                    resource_version: None,
-                }),
-                ..Default::default()
-            };
-            match api.delete(&p.name_any(), &dp).await {
-                Ok(_) => self.events.normal(
-                    ds,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", p.name_any()),
-                ),
-                Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => self
-                    .expectations
-                    .deletion_observed(key, &key_of(p.as_ref())),
-                Err(err) => {
-                    self.expectations
-                        .deletion_observed(key, &key_of(p.as_ref()));
-                    return Err(err.into());
-                }
-            }
-        }
+        crate::owned::delete_pods(
+            &self.client,
+            &self.events,
+            &self.expectations,
+            ds,
+            key,
+            pods,
+        )
+        .await?;
         Ok(())
     }
 

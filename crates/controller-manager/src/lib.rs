@@ -22,6 +22,7 @@ pub mod leader;
 mod metrics;
 pub mod namespace;
 pub mod node;
+pub mod owned;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;

@@ -13,9 +13,8 @@ use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Error as KubeError, ResourceExt};
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -337,14 +336,17 @@ impl Controller {
                             .filter(|o| o.uid != uid)
                             .cloned()
                             .collect();
-                        self.patch_owners(&api, &pod, refs).await?;
+                        crate::owned::set_owner_refs(&api, pod.as_ref(), refs).await?;
                     }
                 }
                 Some(_) => {}
                 None if picks && rs.metadata.deletion_timestamp.is_none() => {
                     let mut refs = pod.owner_references().to_vec();
                     refs.push(controller_ref(rs));
-                    if self.patch_owners(&api, &pod, refs).await? {
+                    if crate::owned::set_owner_refs(&api, pod.as_ref(), refs)
+                        .await?
+                        .is_some()
+                    {
                         owned.push(pod);
                     }
                 }
@@ -352,32 +354,6 @@ impl Controller {
             }
         }
         Ok(owned)
-    }
-
-    /// Sets a pod's owner references, guarded by its uid and resourceVersion; false if it changed or went.
-    async fn patch_owners(
-        &self,
-        api: &Api<Pod>,
-        pod: &Pod,
-        refs: Vec<OwnerReference>,
-    ) -> Result<bool, crate::Error> {
-        let patch = json!({"metadata": {
-            "ownerReferences": refs,
-            "uid": pod.uid(),
-            "resourceVersion": pod.resource_version(),
-        }});
-        match api
-            .patch(
-                &pod.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
-            Err(err) => Err(err.into()),
-        }
     }
 
     /// Creates or deletes pods towards `spec.replicas`; says what failed.
@@ -408,44 +384,17 @@ impl Controller {
         } else if pods.len() > want {
             let n = (pods.len() - want).min(BURST);
             let victims = pods_to_delete(pods, n);
-            self.expectations
-                .expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
-            let results = join_all(victims.iter().map(|p| {
-                let api = api.clone();
-                async move {
-                    let dp = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: p.uid(),
-                            resource_version: None,
-                        }),
-                        ..Default::default()
-                    };
-                    (p, api.delete(&p.name_any(), &dp).await)
-                }
-            }))
-            .await;
-            let mut failure = None;
-            for (p, r) in results {
-                match r {
-                    Ok(_) => self.events.normal(
-                        rs,
-                        "SuccessfulDelete",
-                        format!("Deleted pod: {}", p.name_any()),
-                    ),
-                    Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => {
-                        self.expectations
-                            .deletion_observed(key, &key_of(p.as_ref()));
-                    }
-                    Err(err) => {
-                        self.expectations
-                            .deletion_observed(key, &key_of(p.as_ref()));
-                        self.events
-                            .warning(rs, "FailedDelete", format!("Error deleting: {err}"));
-                        failure = Some(("FailedDelete", err.to_string()));
-                    }
-                }
-            }
-            return failure;
+            return crate::owned::delete_pods(
+                &self.client,
+                &self.events,
+                &self.expectations,
+                rs,
+                key,
+                &victims,
+            )
+            .await
+            .err()
+            .map(|err| ("FailedDelete", err.to_string()));
         }
         None
     }

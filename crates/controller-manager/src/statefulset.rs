@@ -14,7 +14,6 @@ use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Error as KubeError, ResourceExt};
@@ -23,7 +22,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
-use crate::deployment::util::template_hash;
 use crate::events::Recorder;
 use crate::informers::{Informer, controller_of, key_of, split_key};
 use crate::queue::{Outcome, Queue, run_workers};
@@ -116,8 +114,8 @@ fn retention(set: &StatefulSet) -> (String, String) {
 }
 
 impl Controller {
-    /// The update revision's hash, creating or bumping its ControllerRevision; and the template of the
-    /// current revision (for pods below the partition).
+    /// The update revision (creating or bumping its ControllerRevision), the current one, and the
+    /// template of the current one (for pods below the partition).
     async fn revisions(
         &self,
         set: &StatefulSet,
@@ -127,71 +125,44 @@ impl Controller {
             .as_ref()
             .map(|s| s.template.clone())
             .unwrap_or_default();
-        let hash = template_hash(
+        let labels = set
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default();
+        let limit = set
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10)
+            .max(0);
+        let rev = crate::owned::sync_revision(
+            &self.client,
+            &self.revisions,
+            &self.pods,
+            owner(set),
+            &set.namespace().unwrap_or_default(),
+            labels,
             &template,
             set.status.as_ref().and_then(|s| s.collision_count),
-        );
-        let ns = set.namespace().unwrap_or_default();
-        let uid = set.uid().unwrap_or_default();
-        let mine: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list_in(&ns)
-            .into_iter()
-            .filter(|r| controller_of(r.as_ref(), "StatefulSet").is_some_and(|(_, u)| u == uid))
-            .collect();
-        let max = mine.iter().map(|r| r.revision).max().unwrap_or(0);
-        let update = format!("{}-{hash}", set.name_any());
-        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), &ns);
-        match mine.iter().find(|r| r.name_any() == update) {
-            Some(r) if r.revision == max => {}
-            Some(r) => {
-                let mut r = (**r).clone();
-                r.revision = max + 1;
-                r.metadata.managed_fields = None;
-                api.replace(&update, &PostParams::default(), &r).await?;
-            }
-            None => {
-                let mut labels: BTreeMap<String, String> = set
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.selector.match_labels.clone())
-                    .unwrap_or_default();
-                labels.insert(HASH_LABEL.into(), update.clone());
-                let rev = ControllerRevision {
-                    metadata: ObjectMeta {
-                        name: Some(update.clone()),
-                        namespace: Some(ns.clone()),
-                        labels: Some(labels),
-                        owner_references: Some(vec![owner(set)]),
-                        ..Default::default()
-                    },
-                    data: Some(RawExtension(
-                        json!({"spec": {"template": {"$patch": "replace", "metadata": template.metadata, "spec": template.spec}}}),
-                    )),
-                    revision: max + 1,
-                };
-                match api.create(&PostParams::default(), &rev).await {
-                    Ok(_) => {}
-                    Err(KubeError::Api(s)) if s.code == 409 => {}
-                    Err(err) => return Err(err.into()),
-                }
-            }
-        }
+            limit as usize,
+            HASH_LABEL,
+            |r| r.name.clone(),
+        )
+        .await?;
         let current = set
             .status
             .as_ref()
             .and_then(|s| s.current_revision.clone())
             .filter(|c| !c.is_empty())
-            .unwrap_or_else(|| update.clone());
-        let current_template = mine
+            .unwrap_or_else(|| rev.name.clone());
+        let current_template = rev
+            .all
             .iter()
             .find(|r| r.name_any() == current)
-            .and_then(|r| r.data.as_ref())
-            .and_then(|d| {
-                serde_json::from_value::<PodTemplateSpec>(d.0["spec"]["template"].clone()).ok()
-            })
+            .and_then(|r| crate::owned::template_of(r))
             .unwrap_or(template);
-        Ok((update, current, current_template))
+        Ok((rev.name, current, current_template))
     }
 
     fn claim_name(template: &PersistentVolumeClaim, set: &StatefulSet, ord: i32) -> String {

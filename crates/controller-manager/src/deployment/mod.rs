@@ -14,9 +14,8 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, Repli
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams, Preconditions};
 use kube::{Error as KubeError, ResourceExt};
-use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -236,14 +235,16 @@ impl Controller {
                             .filter(|o| o.uid != uid)
                             .cloned()
                             .collect();
-                        self.patch_owners(&api, &rs, refs).await?;
+                        crate::owned::set_owner_refs(&api, rs.as_ref(), refs).await?;
                     }
                 }
                 Some(_) => {}
                 None if picks && !deleting && rs.metadata.deletion_timestamp.is_none() => {
                     let mut refs = rs.owner_references().to_vec();
                     refs.push(controller_ref(d));
-                    if let Some(adopted) = self.patch_owners(&api, &rs, refs).await? {
+                    if let Some(adopted) =
+                        crate::owned::set_owner_refs(&api, rs.as_ref(), refs).await?
+                    {
                         owned.push(adopted);
                     }
                 }
@@ -251,29 +252,6 @@ impl Controller {
             }
         }
         Ok(owned)
-    }
-
-    async fn patch_owners(
-        &self,
-        api: &Api<ReplicaSet>,
-        rs: &ReplicaSet,
-        refs: Vec<OwnerReference>,
-    ) -> Result<Option<ReplicaSet>, crate::Error> {
-        let patch = json!({"metadata": {
-            "ownerReferences": refs, "uid": rs.uid(), "resourceVersion": rs.resource_version(),
-        }});
-        match api
-            .patch(
-                &rs.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
-            Ok(rs) => Ok(Some(rs)),
-            Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => Ok(None),
-            Err(err) => Err(err.into()),
-        }
     }
 
     /// Upstream's `checkPausedConditions`.

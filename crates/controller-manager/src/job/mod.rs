@@ -16,7 +16,7 @@ use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTermina
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Error as KubeError, ResourceExt};
 use parking_lot::Mutex;
 use serde_json::json;
@@ -224,45 +224,15 @@ impl Controller {
         key: &str,
         pods: &[Arc<Pod>],
     ) -> Result<(), crate::Error> {
-        if pods.is_empty() {
-            return Ok(());
-        }
-        let ns = job.namespace().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        self.expectations
-            .expect_deletions(key, pods.iter().map(|p| key_of(p.as_ref())));
-        let results = join_all(pods.iter().map(|p| {
-            let api = api.clone();
-            async move {
-                let dp = DeleteParams {
-                    preconditions: Some(Preconditions {
-                        uid: p.uid(),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                (p, api.delete(&p.name_any(), &dp).await)
-            }
-        }))
-        .await;
-        for (p, r) in results {
-            match r {
-                Ok(_) => self.events.normal(
-                    job,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {}", p.name_any()),
-                ),
-                Err(KubeError::Api(s)) if s.code == 404 || s.code == 409 => {
-                    self.expectations
-                        .deletion_observed(key, &key_of(p.as_ref()));
-                }
-                Err(err) => {
-                    self.expectations
-                        .deletion_observed(key, &key_of(p.as_ref()));
-                    return Err(err.into());
-                }
-            }
-        }
+        crate::owned::delete_pods(
+            &self.client,
+            &self.events,
+            &self.expectations,
+            job,
+            key,
+            pods,
+        )
+        .await?;
         Ok(())
     }
 
