@@ -33,7 +33,7 @@ impl Store {
     }
 }
 
-type Results = BTreeMap<(Store, String), Vec<f64>>;
+pub(crate) type Results = BTreeMap<(Store, String), Vec<f64>>;
 
 const PODS: usize = 10_000;
 
@@ -51,7 +51,25 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         "k3rs-tests",
         "--bins",
     ]))?;
-    let work = util::root().join("target/bench/apiserver");
+    let started = Instant::now();
+    let results = alternate_rounds("apiserver", rounds, &only, run_store)?;
+    publish(
+        "apiserver",
+        &render(&results, started.elapsed(), rounds),
+        rounds,
+        &only,
+    )
+}
+
+/// Runs `run_store` over kine/SQLite and etcd (those `only` names), alternating which goes first each
+/// round, in `target/bench/<name>`.
+pub(crate) fn alternate_rounds(
+    name: &str,
+    rounds: usize,
+    only: &Option<Vec<String>>,
+    mut run_store: impl FnMut(Store, usize, &Path, &mut Results) -> Result<()>,
+) -> Result<Results> {
+    let work = util::root().join("target/bench").join(name);
     let stores: Vec<Store> = [Store::KineSqlite, Store::Etcd]
         .into_iter()
         .filter(|s| {
@@ -60,7 +78,6 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         })
         .collect();
     let mut results = Results::new();
-    let started = Instant::now();
     for round in 0..rounds {
         let mut order = stores.clone();
         if round % 2 == 1 {
@@ -68,7 +85,7 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         }
         for store in order {
             eprintln!(
-                "bench: round {}/{rounds}: apiserver over {}",
+                "bench: round {}/{rounds}: {name} over {}",
                 round + 1,
                 store.name()
             );
@@ -76,13 +93,22 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
                 .with_context(|| format!("{} (round {})", store.name(), round + 1))?;
         }
     }
-    let report = render(&results, started.elapsed(), rounds);
+    Ok(results)
+}
+
+/// Prints the report and, for a full run, writes it to `docs/benchmarks/<name>.md`.
+pub(crate) fn publish(
+    name: &str,
+    report: &str,
+    rounds: usize,
+    only: &Option<Vec<String>>,
+) -> Result<()> {
     println!("{report}");
     if rounds != crate::bench::ROUNDS || only.is_some() {
-        eprintln!("bench: a partial run; docs/benchmarks/apiserver.md left as it was");
+        eprintln!("bench: a partial run; docs/benchmarks/{name}.md left as it was");
         return Ok(());
     }
-    let out = util::root().join("docs/benchmarks/apiserver.md");
+    let out = util::root().join(format!("docs/benchmarks/{name}.md"));
     std::fs::write(&out, report)?;
     eprintln!("bench: wrote {}", out.display());
     Ok(())

@@ -4,7 +4,6 @@
 //! objects; the controller-manager's RSS is read with 10,000 pods cached. Writes
 //! `docs/benchmarks/controllers.md`.
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
@@ -13,10 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench::{json_number, median, rss_bytes};
-use crate::bench_apiserver::{Store, start_store, wait_log};
+use crate::bench_apiserver::{Results, Store, alternate_rounds, publish, start_store, wait_log};
 use crate::util::{self, Daemon};
-
-type Results = BTreeMap<(Store, String), Vec<f64>>;
 
 const REPLICAS: usize = 3000;
 const NS_OBJECTS: usize = 5000;
@@ -38,41 +35,14 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         "k3rs-tests",
         "--bins",
     ]))?;
-    let work = util::root().join("target/bench/controllers");
-    let stores: Vec<Store> = [Store::KineSqlite, Store::Etcd]
-        .into_iter()
-        .filter(|s| {
-            only.as_ref()
-                .is_none_or(|o| o.iter().any(|n| n == s.short()))
-        })
-        .collect();
-    let mut results = Results::new();
     let started = Instant::now();
-    for round in 0..rounds {
-        let mut order = stores.clone();
-        if round % 2 == 1 {
-            order.reverse();
-        }
-        for store in order {
-            eprintln!(
-                "bench: round {}/{rounds}: controllers over {}",
-                round + 1,
-                store.name()
-            );
-            run_store(store, round, &work, &mut results)
-                .with_context(|| format!("{} (round {})", store.name(), round + 1))?;
-        }
-    }
-    let report = render(&results, started.elapsed(), rounds);
-    println!("{report}");
-    if rounds != crate::bench::ROUNDS || only.is_some() {
-        eprintln!("bench: a partial run; docs/benchmarks/controllers.md left as it was");
-        return Ok(());
-    }
-    let out = util::root().join("docs/benchmarks/controllers.md");
-    std::fs::write(&out, report)?;
-    eprintln!("bench: wrote {}", out.display());
-    Ok(())
+    let results = alternate_rounds("controllers", rounds, &only, run_store)?;
+    publish(
+        "controllers",
+        &render(&results, started.elapsed(), rounds),
+        rounds,
+        &only,
+    )
 }
 
 fn ready(port: u16) -> bool {
