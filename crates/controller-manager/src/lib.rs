@@ -12,6 +12,7 @@ pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod expectations;
@@ -46,6 +47,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ("cronjob-controller", "cronjob"),
     ("daemonset-controller", "daemonset"),
     ("deployment-controller", "deployment"),
+    ("disruption-controller", "disruption"),
     ("endpoints-controller", "endpoint"),
     ("endpointslice-controller", "endpointslice"),
     (
@@ -337,6 +339,9 @@ pub async fn run_with_readiness(
             config.terminated_pod_gc_threshold,
             &shutdown,
         ));
+    }
+    if enabled(&config.controllers, "disruption") {
+        workers.push(disruption::start(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "statefulset") {
         workers.push(statefulset::start(&ctx, &shutdown));

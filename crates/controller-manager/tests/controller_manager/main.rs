@@ -3,6 +3,7 @@
 
 mod daemonset;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod fake_kubelet;
 mod gc;
