@@ -20,6 +20,8 @@ struct State<T> {
     dirty: HashSet<T>,
     processing: HashSet<T>,
     failures: HashMap<T, u32>,
+    /// Keys due to be added later, and when (only the earliest is kept).
+    waiting: HashMap<T, tokio::time::Instant>,
     closed: bool,
 }
 
@@ -52,6 +54,7 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
                 dirty: HashSet::new(),
                 processing: HashSet::new(),
                 failures: HashMap::new(),
+                waiting: HashMap::new(),
                 closed: false,
             })),
             wake: Arc::new(Notify::new()),
@@ -71,14 +74,28 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Queue<T> {
         }
     }
 
-    /// Queues `key` after `delay`.
+    /// Queues `key` after `delay` (once: a key already due sooner is not scheduled again).
     pub fn add_after(&self, key: T, delay: Duration) {
         if delay.is_zero() {
             return self.add(key);
         }
+        let due = tokio::time::Instant::now() + delay;
+        {
+            let mut s = self.state.lock();
+            if s.waiting.get(&key).is_some_and(|at| *at <= due) {
+                return;
+            }
+            s.waiting.insert(key.clone(), due);
+        }
         let q = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep_until(due).await;
+            {
+                let mut s = q.state.lock();
+                if s.waiting.get(&key) == Some(&due) {
+                    s.waiting.remove(&key);
+                }
+            }
             q.add(key);
         });
     }
@@ -222,6 +239,16 @@ mod tests {
         assert_eq!(q.get().await.unwrap(), "a");
         q.close();
         assert!(q.get().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_delayed_key_is_scheduled_once() {
+        let q: Queue<u32> = Queue::new();
+        q.add_after(1, Duration::from_millis(30));
+        q.add_after(1, Duration::from_secs(60));
+        assert_eq!(q.state.lock().waiting.len(), 1);
+        assert_eq!(q.get().await, Some(1));
+        assert!(q.state.lock().waiting.is_empty());
     }
 
     #[tokio::test]
