@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
@@ -338,38 +337,17 @@ impl Controller {
         nodes: &[String],
         hash: &str,
     ) -> Result<(), crate::Error> {
-        if nodes.is_empty() {
-            return Ok(());
-        }
-        let api: Api<Pod> =
-            Api::namespaced(self.client.clone(), &ds.namespace().unwrap_or_default());
-        self.expectations.expect_creations(key, nodes.len());
-        let results = join_all(nodes.iter().map(|n| {
-            let pod = Self::new_pod(ds, n, hash);
-            let api = api.clone();
-            async move { api.create(&PostParams::default(), &pod).await }
-        }))
-        .await;
-        let mut first = None;
-        for r in results {
-            match r {
-                Ok(p) => self.events.normal(
-                    ds,
-                    "SuccessfulCreate",
-                    format!("Created pod: {}", p.name_any()),
-                ),
-                Err(err) => {
-                    self.expectations.creation_observed(key);
-                    self.events
-                        .warning(ds, "FailedCreate", format!("Error creating: {err}"));
-                    first.get_or_insert(err);
-                }
-            }
-        }
-        match first {
-            Some(err) => Err(err.into()),
-            None => Ok(()),
-        }
+        let pods = nodes.iter().map(|n| Self::new_pod(ds, n, hash)).collect();
+        crate::owned::create_pods(
+            &self.client,
+            &self.events,
+            &self.expectations,
+            ds,
+            key,
+            pods,
+        )
+        .await?;
+        Ok(())
     }
 
     async fn delete_pods(

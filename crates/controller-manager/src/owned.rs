@@ -1,6 +1,6 @@
 //! What the workload controllers share about the objects they own: setting owner references (adoption
-//! and release, guarded by uid and resourceVersion), deleting pods under expectations with upstream's
-//! events, and ControllerRevisions of a pod template.
+//! and release, guarded by uid and resourceVersion), creating and deleting pods under expectations with
+//! upstream's events, and ControllerRevisions of a pod template.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -199,4 +199,62 @@ pub async fn sync_revision(
 /// The pod template a revision recorded.
 pub fn template_of(rev: &ControllerRevision) -> Option<PodTemplateSpec> {
     serde_json::from_value(rev.data.as_ref()?.0["spec"]["template"].clone()).ok()
+}
+
+/// Creates `pods` for `owner` (queue key `key`) under creation expectations, in slow-start batches of 1,
+/// 2, 4, … that stop at the first batch with a failure (upstream's `slowStartBatch`), recording
+/// `SuccessfulCreate`/`FailedCreate` (a namespace being deleted is no failure of ours to report).
+/// Returns how many were created, or the first error.
+pub async fn create_pods<O: Resource<DynamicType = ()>>(
+    client: &kube::Client,
+    events: &Recorder,
+    expectations: &Expectations,
+    owner: &O,
+    key: &str,
+    pods: Vec<Pod>,
+) -> Result<usize, KubeError> {
+    if pods.is_empty() {
+        return Ok(0);
+    }
+    let api: Api<Pod> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+    expectations.expect_creations(key, pods.len());
+    let mut created = 0;
+    let mut batch = 1;
+    let mut rest = pods.as_slice();
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(batch.min(rest.len()));
+        rest = later;
+        let pp = PostParams::default();
+        let results = join_all(now.iter().map(|p| api.create(&pp, p))).await;
+        let mut failure = None;
+        for r in results {
+            match r {
+                Ok(p) => {
+                    created += 1;
+                    events.normal(
+                        owner,
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.name_any()),
+                    );
+                }
+                Err(err) => {
+                    expectations.creation_observed(key);
+                    let terminating = matches!(&err, KubeError::Api(s) if s.code == 403 && s.message.contains("being terminated"));
+                    if !terminating {
+                        events.warning(owner, "FailedCreate", format!("Error creating: {err}"));
+                    }
+                    failure.get_or_insert(err);
+                }
+            }
+        }
+        if let Some(err) = failure {
+            // The pods never tried will not appear either.
+            for _ in 0..rest.len() {
+                expectations.creation_observed(key);
+            }
+            return Err(err);
+        }
+        batch *= 2;
+    }
+    Ok(created)
 }

@@ -9,7 +9,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -370,17 +369,23 @@ impl Controller {
             .unwrap_or(1)
             .max(0) as usize;
         let ns = rs.namespace().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
         if pods.len() < want {
             let n = (want - pods.len()).min(BURST);
             let template = rs.spec.as_ref().and_then(|s| s.template.clone())?;
             let pod = pod_from_template(&template, &ns, &rs.name_any(), controller_ref(rs));
-            self.expectations.expect_creations(key, n);
-            let (created, failed) = self.slow_start(&api, &pod, n, key, rs).await;
-            if let Some(err) = failed {
-                return Some(("FailedCreate", err));
+            match crate::owned::create_pods(
+                &self.client,
+                &self.events,
+                &self.expectations,
+                rs,
+                key,
+                vec![pod; n],
+            )
+            .await
+            {
+                Ok(created) => tracing::debug!(replicaset = %key, created, "created pods"),
+                Err(err) => return Some(("FailedCreate", err.to_string())),
             }
-            tracing::debug!(replicaset = %key, created, "created pods");
         } else if pods.len() > want {
             let n = (pods.len() - want).min(BURST);
             let victims = pods_to_delete(pods, n);
@@ -397,63 +402,6 @@ impl Controller {
             .map(|err| ("FailedDelete", err.to_string()));
         }
         None
-    }
-
-    /// Creates `n` pods in batches of 1, 2, 4, …, stopping at the first batch with a failure; returns the
-    /// number created and the first error.
-    async fn slow_start(
-        &self,
-        api: &Api<Pod>,
-        pod: &Pod,
-        n: usize,
-        key: &str,
-        rs: &ReplicaSet,
-    ) -> (usize, Option<String>) {
-        let mut created = 0;
-        let mut batch = n.min(1);
-        let mut remaining = n;
-        while batch > 0 {
-            let results = join_all(
-                (0..batch).map(|_| async { api.create(&PostParams::default(), pod).await }),
-            )
-            .await;
-            let mut error = None;
-            for r in results {
-                match r {
-                    Ok(p) => {
-                        created += 1;
-                        self.events.normal(
-                            rs,
-                            "SuccessfulCreate",
-                            format!("Created pod: {}", p.name_any()),
-                        );
-                    }
-                    Err(err) => {
-                        self.expectations.creation_observed(key);
-                        // Refused because the namespace is going: not a failure of ours.
-                        let terminating = matches!(&err, KubeError::Api(s) if s.code == 403 && s.message.contains("being terminated"));
-                        if !terminating {
-                            self.events.warning(
-                                rs,
-                                "FailedCreate",
-                                format!("Error creating: {err}"),
-                            );
-                        }
-                        error.get_or_insert(err.to_string());
-                    }
-                }
-            }
-            remaining -= batch;
-            if let Some(err) = error {
-                // The pods never tried will not appear either.
-                for _ in 0..remaining {
-                    self.expectations.creation_observed(key);
-                }
-                return (created, Some(err));
-            }
-            batch = remaining.min(2 * batch);
-        }
-        (created, None)
     }
 
     /// Writes the status the pods give, if it changed; returns when to look again (pods becoming

@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::join_all;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -603,46 +602,19 @@ impl Controller {
             }
         }
         wanted_indexes.truncate(BURST);
-        let ns = job.namespace().unwrap_or_default();
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        self.expectations
-            .expect_creations(key, wanted_indexes.len());
-        // Slow start: batches of 1, 2, 4, … until one fails.
-        let mut batch = 1;
-        let mut rest = wanted_indexes.as_slice();
-        while !rest.is_empty() {
-            let (now_batch, later) = rest.split_at(batch.min(rest.len()));
-            rest = later;
-            let results = join_all(now_batch.iter().map(|i| {
-                let pod = pod_for(job, (*i >= 0).then_some(*i));
-                let api = api.clone();
-                async move { api.create(&PostParams::default(), &pod).await }
-            }))
-            .await;
-            let mut failure = None;
-            for r in results {
-                match r {
-                    Ok(p) => self.events.normal(
-                        job,
-                        "SuccessfulCreate",
-                        format!("Created pod: {}", p.name_any()),
-                    ),
-                    Err(err) => {
-                        self.expectations.creation_observed(key);
-                        self.events
-                            .warning(job, "FailedCreate", format!("Error creating: {err}"));
-                        failure.get_or_insert(err);
-                    }
-                }
-            }
-            if let Some(err) = failure {
-                for _ in 0..rest.len() {
-                    self.expectations.creation_observed(key);
-                }
-                return Err(err.into());
-            }
-            batch *= 2;
-        }
+        let pods = wanted_indexes
+            .iter()
+            .map(|i| pod_for(job, (*i >= 0).then_some(*i)))
+            .collect();
+        crate::owned::create_pods(
+            &self.client,
+            &self.events,
+            &self.expectations,
+            job,
+            key,
+            pods,
+        )
+        .await?;
         Ok(None)
     }
 }
