@@ -5,6 +5,7 @@ pub mod health;
 pub mod join;
 pub mod kubeconfig;
 pub mod logging;
+pub mod quantity;
 pub mod readiness;
 pub mod signal;
 

@@ -30,6 +30,7 @@ pub mod selector;
 pub mod serviceaccounts;
 pub mod statefulset;
 pub mod ttl_after_finished;
+pub mod volume;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -56,9 +57,14 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ),
     ("garbage-collector-controller", "garbagecollector"),
     ("job-controller", "job"),
+    ("local-path-provisioner", "local-storage"),
     ("namespace-controller", "namespace"),
     ("node-ipam-controller", "nodeipam"),
     ("node-lifecycle-controller", "nodelifecycle"),
+    (
+        "persistentvolume-binder-controller",
+        "persistentvolume-binder",
+    ),
     ("pod-garbage-collector-controller", "podgc"),
     ("replicaset-controller", "replicaset"),
     (
@@ -104,6 +110,8 @@ pub struct Config {
     pub terminated_pod_gc_threshold: usize,
     /// `--leader-elect` and its settings (`None`: run without electing a leader).
     pub leader_election: Option<leader::Settings>,
+    /// The local-path provisioner's `--local-path-*` settings.
+    pub local_path: volume::local_path::Settings,
 }
 
 impl Default for Config {
@@ -125,6 +133,7 @@ impl Default for Config {
             },
             terminated_pod_gc_threshold: 12500,
             leader_election: Some(leader::Settings::controller_manager()),
+            local_path: Default::default(),
         }
     }
 }
@@ -348,6 +357,16 @@ pub async fn run_with_readiness(
     }
     if enabled(&config.controllers, "daemonset") {
         workers.push(daemonset::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "persistentvolume-binder") {
+        workers.push(volume::binder::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "local-storage") {
+        workers.push(volume::local_path::start(
+            &ctx,
+            config.local_path.clone(),
+            &shutdown,
+        ));
     }
     if enabled(&config.controllers, "replicaset") {
         workers.push(replicaset::start(&ctx, &shutdown));

@@ -100,6 +100,20 @@ struct Args {
         default_value = "kube-system"
     )]
     leader_elect_resource_namespace: String,
+    /// Where the local-path provisioner makes volumes' directories on every node (`<data-dir>/storage`)
+    #[arg(
+        long,
+        env = "K3RS_LOCAL_PATH_STORAGE_DIR",
+        default_value = "/var/lib/k3rs/storage"
+    )]
+    local_path_storage_dir: PathBuf,
+    /// The image of the local-path provisioner's helper pods (needs /bin/sh, mkdir and rm)
+    #[arg(
+        long,
+        env = "K3RS_LOCAL_PATH_HELPER_IMAGE",
+        default_value = "docker.io/rancher/mirrored-library-busybox:1.36.1"
+    )]
+    local_path_helper_image: String,
     /// Log format: text or json
     #[arg(long, env = "K3RS_LOG_FORMAT", default_value = "text")]
     log_format: LogFormat,
@@ -186,6 +200,11 @@ fn main() -> ExitCode {
         node_timing: timing,
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         leader_election,
+        local_path: k3rs_controller_manager::volume::local_path::Settings {
+            storage_dir: args.local_path_storage_dir,
+            helper_image: args.local_path_helper_image,
+            ..Default::default()
+        },
     };
     k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
         k3rs_controller_manager::run(config, shutdown)

@@ -9,7 +9,7 @@ pub mod defaults;
 pub mod limit_ranger;
 pub mod node_restriction;
 pub mod pod_security;
-pub mod quantity;
+pub use k3rs_common::quantity;
 pub mod resource_quota;
 pub mod service_account;
 

@@ -14,6 +14,7 @@ mod node;
 mod replicaset;
 mod serviceaccounts;
 mod statefulset;
+mod volume;
 
 use std::io::{Read, Write};
 use std::process::Command;

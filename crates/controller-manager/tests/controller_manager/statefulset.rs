@@ -2,6 +2,8 @@
 //! ready before the next, with a claim per volumeClaimTemplate; scale-down from the highest ordinal
 //! keeping (Retain) or removing (Delete) claims as the retention policy says; a rolling update from the
 //! highest ordinal that stops at the partition; claims deleted with the set under whenDeleted=Delete.
+//! Claims get `local-path` volumes (the provisioner's helper pods run the test kubelet's `exit:0`
+//! image) on the node the stand-in scheduler picks, and a deleted claim's volume goes with it.
 
 use std::time::Duration;
 
@@ -72,9 +74,76 @@ fn named(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `(claim, volume)` of every PersistentVolume (`claimRef.name`, name).
+fn volumes(c: &Cluster) -> Result<Vec<(String, String)>> {
+    let list = get(c, &["get", "pv"])?;
+    let mut out: Vec<(String, String)> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            (
+                v["spec"]["claimRef"]["name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+                v["metadata"]["name"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Each claim of `db` is Bound to a local-path volume on node-a made for it, bound both ways.
+fn check_local_path_volumes(c: &Cluster) -> Result<()> {
+    for i in 0..3 {
+        let claim = get(c, &["get", "pvc", &format!("data-db-{i}")])?;
+        let uid = claim["metadata"]["uid"].as_str().unwrap_or_default();
+        let pv_name = format!("pvc-{uid}");
+        ensure!(
+            claim["spec"]["storageClassName"] == "local-path"
+                && claim["spec"]["volumeName"] == pv_name.as_str()
+                && claim["status"]["phase"] == "Bound"
+                && claim["status"]["capacity"]["storage"] == "1Gi"
+                && claim["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] == "yes",
+            "{claim}"
+        );
+        let pv = get(c, &["get", "pv", &pv_name])?;
+        let path = format!("/var/lib/k3rs/storage/{pv_name}_default_data-db-{i}");
+        ensure!(
+            pv["spec"]["hostPath"]["path"] == path.as_str()
+                && pv["spec"]["claimRef"]["uid"] == uid
+                && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+                && pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"]
+                    [0]["values"]
+                    == json!(["node-a"])
+                && pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"]
+                    == "rancher.io/local-path"
+                && pv["status"]["phase"] == "Bound",
+            "{pv}"
+        );
+    }
+    let class = get(c, &["get", "storageclass", "local-path"])?;
+    ensure!(
+        class["volumeBindingMode"] == "WaitForFirstConsumer"
+            && class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"]
+                == "true",
+        "{class}"
+    );
+    Ok(())
+}
+
 async fn ordered(env: Env) -> Result<()> {
     let c = &env.c;
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a",
+            "labels": {"kubernetes.io/hostname": "node-a"}}})
+        .to_string(),
+    )?;
     let _kubelet = fake_kubelet::spawn(&c.kubeconfig()).await?;
+    let _scheduler = fake_kubelet::spawn_node(&c.kubeconfig(), "node-a").await?;
     c.kubectl_in(&["apply", "-f", "-"], &set("db", "Retain").to_string())?;
     eventually("three ordered pods", WAIT, || Ok(pods(c, "db")?.len() == 3)).await?;
     // Each pod was created after its predecessor was ready.
@@ -124,6 +193,22 @@ async fn ordered(env: Env) -> Result<()> {
         claims(c, "db")?
     );
     c.kubectl(&["rollout", "status", "sts/db", "--timeout=60s"])?;
+    check_local_path_volumes(c)?;
+    eventually("helper pods removed", WAIT, || {
+        let helpers = get(
+            c,
+            &[
+                "get",
+                "pods",
+                "-n",
+                "kube-system",
+                "-l",
+                "k3rs.io/local-path-volume",
+            ],
+        )?;
+        Ok(helpers["items"].as_array().is_some_and(|i| i.is_empty()))
+    })
+    .await?;
 
     // Rolling update with partition 2: only db-2 moves.
     c.kubectl(&["patch", "sts", "db", "--type=merge", "-p", r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":2}},"template":{"spec":{"containers":[{"name":"c","image":"db:2"}]}}}}"#])?;
@@ -175,10 +260,29 @@ async fn ordered(env: Env) -> Result<()> {
         Ok(claims(c, "cache")? == ["data-cache-0"])
     })
     .await?;
+    // Their volumes are Released and deleted (reclaim policy Delete).
+    eventually("volumes follow their claims", WAIT, || {
+        let v = volumes(c)?;
+        Ok(v.iter()
+            .filter(|(claim, _)| claim.starts_with("data-cache-"))
+            .count()
+            == 1
+            && v.iter()
+                .filter(|(claim, _)| claim.starts_with("data-db-"))
+                .count()
+                == 3)
+    })
+    .await?;
     // whenDeleted=Delete: the set's deletion takes the rest.
     c.kubectl(&["delete", "sts", "cache"])?;
     eventually("claims deleted with the set", WAIT, || {
         Ok(claims(c, "cache")?.is_empty())
+    })
+    .await?;
+    eventually("volumes deleted with their claims", WAIT, || {
+        Ok(!volumes(c)?
+            .iter()
+            .any(|(claim, _)| claim.starts_with("data-cache-")))
     })
     .await?;
     Ok(())
@@ -186,5 +290,12 @@ async fn ordered(env: Env) -> Result<()> {
 
 #[test]
 fn statefulset_controller() {
-    crate::run(Backend::Sqlite, ordered);
+    crate::run_setup(
+        Backend::Sqlite,
+        crate::Setup {
+            cm_args: &["--local-path-helper-image=exit:0"],
+            ..Default::default()
+        },
+        ordered,
+    );
 }

@@ -1,5 +1,5 @@
-//! Kubernetes resource quantities (`500m`, `128Mi`, `1.5G`, `2e3`) as exact nano-units, for the admission
-//! plugins that add and compare them (LimitRanger, ResourceQuota), and upstream's canonical printing.
+//! Kubernetes resource quantities (`500m`, `128Mi`, `1.5G`, `2e3`) as exact nano-units, for what adds and
+//! compares them (admission's LimitRanger and ResourceQuota, the volume binder), and upstream's printing.
 
 use std::fmt;
 
