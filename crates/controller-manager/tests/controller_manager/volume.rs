@@ -1,7 +1,8 @@
 //! The persistentvolume binder alone, with kubectl: claims get the smallest fitting volume of their
 //! class or the one pre-bound to them, a claim of a class without a StorageClass is refused with
 //! upstream's event, a claim of an external provisioner's class is handed to it, a Retain volume whose
-//! claim is deleted is Released and kept, and a bound claim whose volume goes is Lost.
+//! claim is deleted is Released and kept, and a bound claim whose volume goes is Lost. Repeated events
+//! are counted on the first one.
 
 use std::time::Duration;
 
@@ -130,6 +131,15 @@ async fn binding(env: Env) -> Result<()> {
             && events(c, "ext-claim")?
                 .iter()
                 .any(|(r, _)| r == "ExternalProvisioning"))
+    })
+    .await?;
+    // The new class made the binder look at `none-left` again: its repeat is counted on the first
+    // event (client-go's correlator), not written anew.
+    eventually("the repeat counted", WAIT, || {
+        let selector = "involvedObject.name=none-left,reason=ProvisioningFailed";
+        let v = get(c, &["get", "events", "--field-selector", selector])?;
+        let items = v["items"].as_array().cloned().unwrap_or_default();
+        Ok(items.len() == 1 && items[0]["count"].as_i64().unwrap_or(0) >= 2)
     })
     .await?;
 
