@@ -67,6 +67,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
     ),
     ("pod-garbage-collector-controller", "podgc"),
     ("replicaset-controller", "replicaset"),
+    ("replicationcontroller-controller", "replicationcontroller"),
     (
         "root-ca-certificate-publisher-controller",
         "root-ca-cert-publisher",
@@ -369,7 +370,14 @@ pub async fn run_with_readiness(
         ));
     }
     if enabled(&config.controllers, "replicaset") {
-        workers.push(replicaset::start(&ctx, &shutdown));
+        workers.push(replicaset::start::<k8s_openapi::api::apps::v1::ReplicaSet>(
+            &ctx, &shutdown,
+        ));
+    }
+    if enabled(&config.controllers, "replicationcontroller") {
+        workers.push(replicaset::start::<
+            k8s_openapi::api::core::v1::ReplicationController,
+        >(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "serviceaccount") {
         workers.push(serviceaccounts::start_serviceaccounts(&ctx, &shutdown));

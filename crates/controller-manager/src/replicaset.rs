@@ -3,15 +3,22 @@
 //! (1, 2, 4, … at most 500 per sync) and deletes surplus pods in upstream's order (unscheduled, pending,
 //! not ready, doubled up on a node, ready for less time, restarted more, newer first), waits on
 //! expectations until its cache has seen its own writes, and reports replicas, fully labeled, ready and
-//! available pods with a `ReplicaFailure` condition when creating or deleting fails.
+//! available pods with a `ReplicaFailure` condition when creating or deleting fails. The same controller
+//! runs ReplicationControllers (`replicationcontroller-controller`), as upstream's does: a [`Workload`]
+//! reads as a ReplicaSet and takes the status back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::api::apps::v1::{
+    ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus,
+};
+use k8s_openapi::api::core::v1::{
+    Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
+    ReplicationControllerStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Error as KubeError, ResourceExt};
 use tokio::task::JoinSet;
@@ -20,13 +27,106 @@ use tokio_util::sync::CancellationToken;
 use crate::Ctx;
 use crate::events::Recorder;
 use crate::expectations::Expectations;
-use crate::informers::{Change, Informer, key_of, split_key};
+use crate::informers::{Change, Informer, Object, key_of, split_key};
 use crate::queue::{Outcome, Queue, run_workers};
 use crate::selector::selects;
 
 /// At most this many pods are created or deleted in one sync (upstream's `BurstReplicas`).
 const BURST: usize = 500;
-const KIND: &str = "ReplicaSet";
+
+/// What the controller runs: ReplicaSets, and ReplicationControllers read as ReplicaSets.
+pub trait Workload:
+    Object + serde::Serialize + kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+{
+    const API_VERSION: &'static str;
+    const COMPONENT: &'static str;
+    /// Metadata, spec (selector, replicas, template, minReadySeconds) and status as a ReplicaSet's.
+    fn as_replica_set(&self) -> ReplicaSet;
+    /// This object with `status`.
+    fn with_status(&self, status: ReplicaSetStatus) -> Self;
+}
+
+impl Workload for ReplicaSet {
+    const API_VERSION: &'static str = "apps/v1";
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn as_replica_set(&self) -> ReplicaSet {
+        self.clone()
+    }
+    fn with_status(&self, status: ReplicaSetStatus) -> Self {
+        let mut next = self.clone();
+        next.status = Some(status);
+        next
+    }
+}
+
+impl Workload for ReplicationController {
+    const API_VERSION: &'static str = "v1";
+    const COMPONENT: &'static str = "replication-controller";
+    fn as_replica_set(&self) -> ReplicaSet {
+        let spec = self.spec.clone().unwrap_or_default();
+        // An absent selector means the template's labels (the apiserver's defaulting); with neither the
+        // controller picks nothing.
+        let labels = spec
+            .selector
+            .filter(|s| !s.is_empty())
+            .or_else(|| spec.template.as_ref()?.metadata.as_ref()?.labels.clone())
+            .filter(|s| !s.is_empty());
+        let status = self.status.clone().map(|s| ReplicaSetStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| ReplicaSetCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time,
+                    })
+                    .collect()
+            }),
+            ..Default::default()
+        });
+        ReplicaSet {
+            metadata: self.metadata.clone(),
+            spec: labels.map(|labels| ReplicaSetSpec {
+                replicas: spec.replicas,
+                min_ready_seconds: spec.min_ready_seconds,
+                selector: LabelSelector {
+                    match_labels: Some(labels),
+                    match_expressions: None,
+                },
+                template: spec.template,
+            }),
+            status,
+        }
+    }
+    fn with_status(&self, s: ReplicaSetStatus) -> Self {
+        let mut next = self.clone();
+        next.status = Some(ReplicationControllerStatus {
+            replicas: s.replicas,
+            fully_labeled_replicas: s.fully_labeled_replicas,
+            ready_replicas: s.ready_replicas,
+            available_replicas: s.available_replicas,
+            observed_generation: s.observed_generation,
+            conditions: s.conditions.map(|cs| {
+                cs.into_iter()
+                    .map(|c| ReplicationControllerCondition {
+                        type_: c.type_,
+                        status: c.status,
+                        reason: c.reason,
+                        message: c.message,
+                        last_transition_time: c.last_transition_time,
+                    })
+                    .collect()
+            }),
+        });
+        next
+    }
+}
 
 /// Pods the controller counts: not finished and not being deleted (upstream's `FilterActivePods`).
 pub fn active(pod: &Pod) -> bool {
@@ -59,10 +159,10 @@ pub fn available(pod: &Pod, min_ready: i32, now: k8s_openapi::jiff::Timestamp) -
     }
 }
 
-fn controller_ref(rs: &ReplicaSet) -> OwnerReference {
+fn controller_ref<W: Workload>(rs: &ReplicaSet) -> OwnerReference {
     OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: KIND.into(),
+        api_version: W::API_VERSION.into(),
+        kind: W::kind(&()).into_owned(),
         name: rs.name_any(),
         uid: rs.uid().unwrap_or_default(),
         controller: Some(true),
@@ -174,17 +274,18 @@ pub fn pods_to_delete(pods: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
     sorted
 }
 
-struct Controller {
+struct Controller<W: Workload> {
     client: kube::Client,
-    sets: Informer<ReplicaSet>,
+    sets: Informer<W>,
     pods: Informer<Pod>,
     expectations: Expectations,
     events: Recorder,
     queue: Queue<String>,
 }
 
-pub fn start(ctx: &Ctx, shutdown: &CancellationToken) -> JoinSet<()> {
-    let sets: Informer<ReplicaSet> = ctx.informers.get();
+/// Runs the controller for `W` (ReplicaSet or ReplicationController).
+pub fn start<W: Workload>(ctx: &Ctx, shutdown: &CancellationToken) -> JoinSet<()> {
+    let sets: Informer<W> = ctx.informers.get();
     let pods: Informer<Pod> = ctx.informers.get();
     let queue: Queue<String> = Queue::new();
     let c = Arc::new(Controller {
@@ -192,7 +293,7 @@ pub fn start(ctx: &Ctx, shutdown: &CancellationToken) -> JoinSet<()> {
         sets: sets.clone(),
         pods: pods.clone(),
         expectations: Expectations::default(),
-        events: Recorder::new(ctx.client.clone(), "replicaset-controller"),
+        events: Recorder::new(ctx.client.clone(), W::COMPONENT),
         queue: queue.clone(),
     });
     let q = queue.clone();
@@ -208,7 +309,7 @@ pub fn start(ctx: &Ctx, shutdown: &CancellationToken) -> JoinSet<()> {
     pods.on_event(move |change| ctl.pod_changed(change));
     let ctl = c.clone();
     run_workers(
-        "replicaset",
+        W::COMPONENT,
         queue,
         5,
         shutdown.clone(),
@@ -219,13 +320,14 @@ pub fn start(ctx: &Ctx, shutdown: &CancellationToken) -> JoinSet<()> {
     )
 }
 
-impl Controller {
+impl<W: Workload> Controller<W> {
     fn owner_key(&self, pod: &Pod) -> Option<String> {
         let owner = pod
             .owner_references()
             .iter()
             .find(|o| o.controller == Some(true))?;
-        (owner.kind == KIND && owner.api_version.starts_with("apps/"))
+        let group = |v: &str| v.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+        (owner.kind == W::kind(&()) && group(&owner.api_version) == group(W::API_VERSION))
             .then(|| format!("{}/{}", pod.namespace().unwrap_or_default(), owner.name))
     }
 
@@ -233,9 +335,10 @@ impl Controller {
     fn enqueue_adopters(&self, pod: &Pod) {
         let ns = pod.namespace().unwrap_or_default();
         let labels = pod.labels();
-        for rs in self.sets.list_in(&ns) {
+        for w in self.sets.list_in(&ns) {
+            let rs = w.as_replica_set();
             if selects(rs.spec.as_ref().map(|s| &s.selector), labels) {
-                self.queue.add(key_of(rs.as_ref()));
+                self.queue.add(key_of(&rs));
             }
         }
     }
@@ -290,17 +393,18 @@ impl Controller {
         let (Some(ns), name) = split_key(key) else {
             return Ok(None);
         };
-        let Some(rs) = self.sets.get(Some(ns), name) else {
+        let Some(w) = self.sets.get(Some(ns), name) else {
             self.expectations.forget(key);
             return Ok(None);
         };
+        let rs = w.as_replica_set();
         let needs_sync = self.expectations.satisfied(key);
         let pods = self.claim_pods(&rs).await?;
         let mut failure = None;
         if needs_sync && rs.metadata.deletion_timestamp.is_none() {
-            failure = self.manage(&rs, key, &pods).await;
+            failure = self.manage(&w, &rs, key, &pods).await;
         }
-        let requeue = self.update_status(&rs, &pods, failure.as_ref()).await?;
+        let requeue = self.update_status(&w, &rs, &pods, failure.as_ref()).await?;
         if let Some((reason, err)) = failure {
             return Err(crate::Error::Sync(format!("{reason}: {err}")));
         }
@@ -341,7 +445,7 @@ impl Controller {
                 Some(_) => {}
                 None if picks && rs.metadata.deletion_timestamp.is_none() => {
                     let mut refs = pod.owner_references().to_vec();
-                    refs.push(controller_ref(rs));
+                    refs.push(controller_ref::<W>(rs));
                     if crate::owned::set_owner_refs(&api, pod.as_ref(), refs)
                         .await?
                         .is_some()
@@ -358,6 +462,7 @@ impl Controller {
     /// Creates or deletes pods towards `spec.replicas`; says what failed.
     async fn manage(
         &self,
+        w: &W,
         rs: &ReplicaSet,
         key: &str,
         pods: &[Arc<Pod>],
@@ -372,12 +477,12 @@ impl Controller {
         if pods.len() < want {
             let n = (want - pods.len()).min(BURST);
             let template = rs.spec.as_ref().and_then(|s| s.template.clone())?;
-            let pod = pod_from_template(&template, &ns, &rs.name_any(), controller_ref(rs));
+            let pod = pod_from_template(&template, &ns, &rs.name_any(), controller_ref::<W>(rs));
             match crate::owned::create_pods(
                 &self.client,
                 &self.events,
                 &self.expectations,
-                rs,
+                w,
                 key,
                 vec![pod; n],
             )
@@ -393,7 +498,7 @@ impl Controller {
                 &self.client,
                 &self.events,
                 &self.expectations,
-                rs,
+                w,
                 key,
                 &victims,
             )
@@ -408,6 +513,7 @@ impl Controller {
     /// available after `minReadySeconds`).
     async fn update_status(
         &self,
+        w: &W,
         rs: &ReplicaSet,
         owned: &[Arc<Pod>],
         failure: Option<&(&'static str, String)>,
@@ -478,10 +584,9 @@ impl Controller {
             && old.conditions.clone().unwrap_or_default()
                 == status.conditions.clone().unwrap_or_default();
         if !same {
-            let mut next = rs.clone();
-            next.metadata.managed_fields = None;
-            next.status = Some(status);
-            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &ns);
+            let mut next = w.with_status(status);
+            next.meta_mut().managed_fields = None;
+            let api: Api<W> = Api::namespaced(self.client.clone(), &ns);
             match api
                 .replace_status(&rs.name_any(), &PostParams::default(), &next)
                 .await

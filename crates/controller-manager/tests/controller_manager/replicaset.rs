@@ -1,7 +1,8 @@
 //! The ReplicaSet controller with kubectl, the test playing the kubelet by writing pod status: pods are
 //! created from the template and owned, replaced when deleted, surplus goes not-ready first, orphans the
 //! selector picks are adopted, pods relabeled out of the selector are released, and the status counts
-//! ready and available pods.
+//! ready and available pods. A ReplicationController gets the same treatment, owning its pods as a v1
+//! ReplicationController.
 
 use std::time::Duration;
 
@@ -156,6 +157,40 @@ async fn replicasets(env: Env) -> Result<()> {
     // Deleting the ReplicaSet takes its pods (garbage collector).
     c.kubectl(&["delete", "rs", "web"])?;
     eventually("pods gone", WAIT, || Ok(pods(c, "web")?.is_empty())).await?;
+
+    // A ReplicationController (selector defaulted from the template's labels).
+    let rc = json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "legacy"},
+        "spec": {"replicas": 3, "template": {"metadata": {"labels": {"app": "legacy"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}});
+    c.kubectl_in(&["apply", "-f", "-"], &rc.to_string())?;
+    eventually("3 legacy pods", WAIT, || Ok(pods(c, "legacy")?.len() == 3)).await?;
+    for p in pods(c, "legacy")? {
+        let owner = &p["metadata"]["ownerReferences"][0];
+        ensure!(
+            owner["kind"] == "ReplicationController" && owner["apiVersion"] == "v1",
+            "{owner}"
+        );
+        mark_ready(c, &name(&p))?;
+    }
+    eventually("rc status", WAIT, || {
+        let s = json_of(c, &["get", "rc", "legacy"])?["status"].clone();
+        Ok(s["replicas"] == 3 && s["readyReplicas"] == 3 && s["availableReplicas"] == 3)
+    })
+    .await?;
+    c.kubectl(&["scale", "rc", "legacy", "--replicas=1"])?;
+    eventually("scaled to 1", WAIT, || Ok(pods(c, "legacy")?.len() == 1)).await?;
+    let events = c.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=ReplicationController",
+        "-o",
+        "json",
+    ])?;
+    ensure!(
+        events.contains("SuccessfulCreate") && events.contains("replication-controller"),
+        "{events}"
+    );
     Ok(())
 }
 
