@@ -3,6 +3,7 @@
 
 pub mod health;
 pub mod join;
+pub mod jwt;
 pub mod kubeconfig;
 pub mod logging;
 pub mod quantity;

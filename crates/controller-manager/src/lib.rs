@@ -27,6 +27,7 @@ pub mod owned;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;
+pub mod serviceaccount_tokens;
 pub mod serviceaccounts;
 pub mod statefulset;
 pub mod ttl_after_finished;
@@ -73,6 +74,7 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
         "root-ca-cert-publisher",
     ),
     ("serviceaccount-controller", "serviceaccount"),
+    ("serviceaccount-token-controller", "serviceaccount-token"),
     ("statefulset-controller", "statefulset"),
     ("taint-eviction-controller", "taint-eviction-controller"),
     ("ttl-after-finished-controller", "ttl-after-finished"),
@@ -111,6 +113,9 @@ pub struct Config {
     pub terminated_pod_gc_threshold: usize,
     /// `--leader-elect` and its settings (`None`: run without electing a leader).
     pub leader_election: Option<leader::Settings>,
+    /// `--service-account-private-key-file`: the key legacy token Secrets are signed with (the
+    /// `serviceaccount-token` controller runs only with one).
+    pub service_account_private_key_file: Option<PathBuf>,
     /// The local-path provisioner's `--local-path-*` settings.
     pub local_path: volume::local_path::Settings,
 }
@@ -134,6 +139,7 @@ impl Default for Config {
             },
             terminated_pod_gc_threshold: 12500,
             leader_election: Some(leader::Settings::controller_manager()),
+            service_account_private_key_file: None,
             local_path: Default::default(),
         }
     }
@@ -161,6 +167,8 @@ pub enum Error {
     UnknownController(String),
     #[error("root CA: {0}")]
     RootCa(String),
+    #[error("service-account key: {0}")]
+    ServiceAccountKey(String),
     #[error("leader election lost")]
     LeaderLost,
     /// A controller could not do its work (it is retried).
@@ -382,11 +390,32 @@ pub async fn run_with_readiness(
     if enabled(&config.controllers, "serviceaccount") {
         workers.push(serviceaccounts::start_serviceaccounts(&ctx, &shutdown));
     }
-    if enabled(&config.controllers, "root-ca-cert-publisher") {
-        let ca = Arc::new(root_ca(&config, kubeconfig_ca)?);
+    let needs_ca = enabled(&config.controllers, "root-ca-cert-publisher")
+        || (enabled(&config.controllers, "serviceaccount-token")
+            && config.service_account_private_key_file.is_some());
+    let ca = if needs_ca {
+        Some(Arc::new(root_ca(&config, kubeconfig_ca)?))
+    } else {
+        None
+    };
+    if let Some(ca) = ca.clone()
+        && enabled(&config.controllers, "root-ca-cert-publisher")
+    {
         workers.push(serviceaccounts::start_root_ca_publisher(
             &ctx, ca, &shutdown,
         ));
+    }
+    if enabled(&config.controllers, "serviceaccount-token") {
+        match (&config.service_account_private_key_file, ca) {
+            (Some(path), Some(ca)) => {
+                let signer =
+                    serviceaccount_tokens::load_signer(path).map_err(Error::ServiceAccountKey)?;
+                workers.push(serviceaccount_tokens::start(&ctx, signer, ca, &shutdown));
+            }
+            _ => tracing::warn!(
+                "serviceaccount-token is disabled: no --service-account-private-key-file"
+            ),
+        }
     }
     ctx.informers.start(&shutdown);
     parts.push(ctx.informers.synced());

@@ -100,6 +100,10 @@ struct Args {
         default_value = "kube-system"
     )]
     leader_elect_resource_namespace: String,
+    /// The key legacy ServiceAccount token Secrets are signed with (PKCS#8 PEM; the apiserver's
+    /// `server/tls/service.key`); without it the serviceaccount-token controller does not run
+    #[arg(long, env = "K3RS_SERVICE_ACCOUNT_PRIVATE_KEY_FILE")]
+    service_account_private_key_file: Option<PathBuf>,
     /// Where the local-path provisioner makes volumes' directories on every node (`<data-dir>/storage`)
     #[arg(
         long,
@@ -200,6 +204,7 @@ fn main() -> ExitCode {
         node_timing: timing,
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
         leader_election,
+        service_account_private_key_file: args.service_account_private_key_file,
         local_path: k3rs_controller_manager::volume::local_path::Settings {
             storage_dir: args.local_path_storage_dir,
             helper_image: args.local_path_helper_image,

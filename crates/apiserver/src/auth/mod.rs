@@ -4,7 +4,7 @@
 //! without credentials act as `system:anonymous`, and only for the public health and version paths
 //! (upstream's anonymous-auth limited to those endpoints); elsewhere they get 401.
 
-pub mod jwt;
+pub use k3rs_common::jwt;
 pub mod serviceaccount;
 pub mod x509;
 

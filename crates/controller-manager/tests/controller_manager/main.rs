@@ -88,6 +88,15 @@ where
     k3rs_tests::run_test(Duration::from_secs(300), async move {
         let api_args: Vec<&str> = api_args.iter().map(String::as_str).collect();
         let c = Cluster::start_with(backend, &api_args).await?;
+        // As K3s runs it: legacy token Secrets signed with the apiserver's service-account key.
+        let mut cm_args = cm_args;
+        cm_args.push("--service-account-private-key-file".into());
+        cm_args.push(
+            c.data_dir()
+                .join("server/tls/service.key")
+                .to_string_lossy()
+                .into_owned(),
+        );
         let health_port = free_port();
         let cm = spawn_cm(&c, health_port, &cm_args).await?;
         body(Env {

@@ -1,6 +1,7 @@
 //! The `serviceaccount` and `root-ca-cert-publisher` controllers with the apiserver's ServiceAccount
 //! admission: every namespace gets `default` and `kube-root-ca.crt` (back when deleted, put right when
-//! edited), and pods run as an existing account with the projected token volume mounted.
+//! edited), and pods run as an existing account with the projected token volume mounted. A legacy token
+//! Secret gets a token the apiserver accepts (`serviceaccount-token`), gone with its account.
 
 use std::time::Duration;
 
@@ -166,6 +167,48 @@ async fn accounts_and_root_ca(env: Env) -> Result<()> {
         err.contains(r#"pods "ghost" is forbidden: error looking up service account sa-test/missing: serviceaccount "missing" not found"#),
         "{err}"
     );
+
+    // A legacy token Secret is filled in, and the apiserver accepts its token.
+    c.kubectl_in(
+        &["apply", "-f", "-"],
+        &json!({"apiVersion": "v1", "kind": "Secret",
+        "type": "kubernetes.io/service-account-token",
+        "metadata": {"name": "robot-token", "namespace": "sa-test",
+            "annotations": {"kubernetes.io/service-account.name": "robot"}}})
+        .to_string(),
+    )?;
+    let mut token = String::new();
+    eventually("token populated", WAIT, || {
+        let s = get(&env, &["secret", "robot-token", "-n", "sa-test"])?.unwrap_or_default();
+        let decode = |k: &str| {
+            s["data"][k].as_str().and_then(|b| {
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b).ok()
+            })
+        };
+        token = decode("token")
+            .map(|t| String::from_utf8_lossy(&t).into_owned())
+            .unwrap_or_default();
+        Ok(!token.is_empty()
+            && decode("ca.crt").as_deref() == Some(ca.as_bytes())
+            && decode("namespace").as_deref() == Some(b"sa-test".as_slice()))
+    })
+    .await?;
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+        "spec": {"token": token}});
+    let out: Value = serde_json::from_str(
+        &c.kubectl_in(&["create", "-o", "json", "-f", "-"], &review.to_string())?,
+    )?;
+    ensure!(
+        out["status"]["authenticated"] == true
+            && out["status"]["user"]["username"] == "system:serviceaccount:sa-test:robot",
+        "{out}"
+    );
+    // The account deleted: its token Secret goes.
+    c.kubectl(&["delete", "sa", "robot", "-n", "sa-test"])?;
+    eventually("token secret deleted", WAIT, || {
+        Ok(get(&env, &["secret", "robot-token", "-n", "sa-test"])?.is_none())
+    })
+    .await?;
     Ok(())
 }
 

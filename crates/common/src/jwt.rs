@@ -1,5 +1,6 @@
 //! Compact JWS tokens signed with ES256 (ECDSA P-256, SHA-256): the service-account signing key signs
-//! claims; verification checks the algorithm and signature before any claim is read.
+//! claims (the apiserver's bound tokens, the controller-manager's legacy Secret tokens); verification
+//! checks the algorithm and signature before any claim is read.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
