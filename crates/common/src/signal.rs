@@ -1,5 +1,5 @@
 //! The one signal handler of a k3rs binary: SIGINT/SIGTERM cancel a token that every component watches;
-//! `run_daemon` is a binary's `main` around it (runtime, shutdown token, exit status).
+//! `run_daemon` is a binary's `main` around it (runtime, shutdown token, exit status), on all cores or one.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -16,10 +16,26 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    run_daemon_on(name, tokio::runtime::Builder::new_multi_thread(), run)
+}
+
+/// As [`run_daemon`] on one thread: for a component that mostly waits on the network, where one thread
+/// is as fast on a small machine and one allocator arena keeps the memory freed after a burst reusable.
+pub fn run_daemon_single_threaded<F, Fut, E>(name: &str, run: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    run_daemon_on(name, tokio::runtime::Builder::new_current_thread(), run)
+}
+fn run_daemon_on<F, Fut, E>(name: &str, mut builder: tokio::runtime::Builder, run: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "{name}: starting the runtime: {err}");

@@ -10,9 +10,11 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
-    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     Toleration,
 };
+
+use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
@@ -282,7 +284,7 @@ impl Controller {
         Ok(rev.hash)
     }
 
-    fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
+    fn new_pod(ds: &DaemonSet, node: &str, hash: &str) -> NewPod {
         let template = ds
             .spec
             .as_ref()

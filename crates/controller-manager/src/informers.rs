@@ -10,10 +10,12 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use k3rs_common::Readiness;
-use k8s_openapi::api::core::v1::{Affinity, Container, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
+
+use crate::pod::Pod;
 use kube::{Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
@@ -124,13 +126,20 @@ impl<K: Object> Informer<K> {
         let Some(mut writer) = self.shared.writer.lock().take() else {
             return;
         };
-        // managedFields are never read by a controller: not keeping them roughly halves the cache; pods
-        // are kept as far as controllers read them.
+        // managedFields are never read by a controller: not keeping them roughly halves the cache;
+        // ConfigMaps and Secrets are kept as far as controllers read them (pods are `crate::pod::Pod`).
         let mut stream = watcher(self.shared.api.clone(), watcher::Config::default())
             .modify(|o: &mut K| {
                 o.meta_mut().managed_fields = None;
-                if let Some(pod) = (o as &mut dyn Any).downcast_mut::<Pod>() {
-                    slim_pod(pod);
+                let any = o as &mut dyn Any;
+                if let Some(pod) = any.downcast_mut::<Pod>() {
+                    if let Some(a) = pod.metadata.annotations.as_mut() {
+                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                    }
+                } else if let Some(map) = any.downcast_mut::<ConfigMap>() {
+                    slim_config_map(map);
+                } else if let Some(secret) = any.downcast_mut::<Secret>() {
+                    slim_secret(secret);
                 }
             })
             .default_backoff()
@@ -194,37 +203,24 @@ impl<K: Object> Informer<K> {
 /// Starts one informer's watch.
 type Runner = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send>;
 
-/// Drops what no controller reads from a cached pod: of the spec only scheduling, identity, restart
-/// policy and the containers' names, images and ports stay; the status stays whole. (Controllers write
-/// pods through patches of the fields they own, never the cached object back.)
-fn slim_pod(pod: &mut Pod) {
-    if let Some(spec) = pod.spec.take() {
-        let containers = spec
-            .containers
-            .into_iter()
-            .map(|c| Container {
-                name: c.name,
-                image: c.image,
-                ports: c.ports,
-                ..Default::default()
-            })
-            .collect();
-        pod.spec = Some(PodSpec {
-            containers,
-            node_name: spec.node_name,
-            hostname: spec.hostname,
-            subdomain: spec.subdomain,
-            tolerations: spec.tolerations,
-            affinity: spec.affinity.map(|a| Affinity {
-                node_affinity: a.node_affinity,
-                ..Default::default()
-            }),
-            restart_policy: spec.restart_policy,
-            host_network: spec.host_network,
-            ..Default::default()
-        });
+/// ConfigMaps are read for `kube-root-ca.crt` only: the data of the others is not kept.
+fn slim_config_map(map: &mut ConfigMap) {
+    if map.metadata.name.as_deref() != Some(crate::serviceaccounts::ROOT_CA_CONFIGMAP) {
+        map.data = None;
+        map.binary_data = None;
     }
-    if let Some(a) = pod.metadata.annotations.as_mut() {
+    if let Some(a) = map.metadata.annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Secrets are read for ServiceAccount tokens only: the data of the others is not kept.
+fn slim_secret(secret: &mut Secret) {
+    if secret.type_.as_deref() != Some(crate::serviceaccount_tokens::TOKEN_TYPE) {
+        secret.data = None;
+        secret.string_data = None;
+    }
+    if let Some(a) = secret.metadata.annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }

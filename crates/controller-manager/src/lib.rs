@@ -24,6 +24,7 @@ mod metrics;
 pub mod namespace;
 pub mod node;
 pub mod owned;
+pub mod pod;
 pub mod queue;
 pub mod replicaset;
 pub mod selector;

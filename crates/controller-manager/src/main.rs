@@ -211,7 +211,9 @@ fn main() -> ExitCode {
             ..Default::default()
         },
     };
-    k3rs_common::signal::run_daemon("k3rs-controller-manager", |shutdown| {
+    // Controllers wait on the apiserver: one thread keeps up (measured: `cargo xtask bench controllers`)
+    // and keeps the memory of bursts reusable.
+    k3rs_common::signal::run_daemon_single_threaded("k3rs-controller-manager", |shutdown| {
         k3rs_controller_manager::run(config, shutdown)
     })
 }

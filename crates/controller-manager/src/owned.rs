@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::PodTemplateSpec;
+
+use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
@@ -211,12 +213,12 @@ pub async fn create_pods<O: Resource<DynamicType = ()>>(
     expectations: &Expectations,
     owner: &O,
     key: &str,
-    pods: Vec<Pod>,
+    pods: Vec<NewPod>,
 ) -> Result<usize, KubeError> {
     if pods.is_empty() {
         return Ok(0);
     }
-    let api: Api<Pod> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
+    let api: Api<NewPod> = Api::namespaced(client.clone(), &owner.namespace().unwrap_or_default());
     expectations.expect_creations(key, pods.len());
     let mut created = 0;
     let mut batch = 1;

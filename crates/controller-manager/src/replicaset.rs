@@ -15,9 +15,11 @@ use k8s_openapi::api::apps::v1::{
     ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus,
 };
 use k8s_openapi::api::core::v1::{
-    Pod, PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
+    PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
     ReplicationControllerStatus,
 };
+
+use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Error as KubeError, ResourceExt};
@@ -176,9 +178,9 @@ pub fn pod_from_template(
     namespace: &str,
     prefix: &str,
     owner: OwnerReference,
-) -> Pod {
+) -> NewPod {
     let meta = template.metadata.clone().unwrap_or_default();
-    Pod {
+    NewPod {
         metadata: ObjectMeta {
             generate_name: Some(format!("{prefix}-")),
             namespace: Some(namespace.into()),

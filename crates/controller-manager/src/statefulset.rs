@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
-    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodTemplateSpec, Volume,
 };
+
+use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
@@ -223,7 +225,7 @@ impl Controller {
         Ok(())
     }
 
-    fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, revision: &str, ord: i32) -> Pod {
+    fn new_pod(set: &StatefulSet, template: &PodTemplateSpec, revision: &str, ord: i32) -> NewPod {
         let name = format!("{}-{ord}", set.name_any());
         let mut pod = crate::replicaset::pod_from_template(
             template,
@@ -397,7 +399,7 @@ impl Controller {
                 (spec.template.clone(), update_rev.clone())
             }
         };
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let new_pods: Api<NewPod> = Api::namespaced(self.client.clone(), ns);
         let mut wait = false;
         if set.metadata.deletion_timestamp.is_none() {
             // Create, replace and wait, in ordinal order.
@@ -407,7 +409,7 @@ impl Controller {
                         self.ensure_claims(&set, ord).await?;
                         let (template, rev) = template_for(ord);
                         let pod = Self::new_pod(&set, &template, &rev, ord);
-                        match api.create(&PostParams::default(), &pod).await {
+                        match new_pods.create(&PostParams::default(), &pod).await {
                             Ok(_) => self.events.normal(
                                 set.as_ref(),
                                 "SuccessfulCreate",

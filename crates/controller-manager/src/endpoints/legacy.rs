@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service,
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
 };
+
+use crate::pod::Pod;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::{Error as KubeError, ResourceExt};
 use tokio::task::JoinSet;

@@ -7,7 +7,8 @@ pub mod legacy;
 pub mod mirroring;
 pub mod slices;
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use crate::pod::Pod;
+use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Labels a Service gives its endpoints objects besides its own.
@@ -70,9 +71,8 @@ pub fn find_port(pod: &Pod, port: &ServicePort) -> Option<i32> {
                 return Some(n);
             }
             pod.spec.as_ref()?.containers.iter().find_map(|c| {
-                c.ports.iter().flatten().find_map(|p| {
-                    (p.name.as_deref() == Some(name.as_str())
-                        && p.protocol.as_deref().unwrap_or("TCP") == protocol)
+                c.ports.iter().find_map(|p| {
+                    (p.name == *name && p.protocol.as_deref().unwrap_or("TCP") == protocol)
                         .then_some(p.container_port)
                 })
             })

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, PodFailurePolicyRule};
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
+
+use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
@@ -28,7 +30,7 @@ pub fn pod_index(pod: &Pod) -> Option<i32> {
 }
 
 /// A new pod for `job` (index `index` when Indexed).
-pub fn pod_for(job: &Job, index: Option<i32>) -> Pod {
+pub fn pod_for(job: &Job, index: Option<i32>) -> NewPod {
     let template = job
         .spec
         .as_ref()

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use crate::pod::{NewPod, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::{Error as KubeError, ResourceExt};
@@ -407,7 +408,7 @@ impl Provisioner {
             "create" => "set -eu\nmkdir -m 0777 -p \"$VOL_DIR\"\n",
             _ => "set -eu\nrm -rf \"$VOL_DIR\"\n",
         };
-        let pod: Pod = serde_json::from_value(json!({
+        let pod: NewPod = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": name, "namespace": ns,
                 "labels": {HELPER_LABEL: pv, MANAGED_BY: "k3rs-local-path-provisioner"}},
@@ -433,7 +434,7 @@ impl Provisioner {
             },
         }))
         .map_err(|e| crate::Error::Sync(format!("building helper pod {name}: {e}")))?;
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
+        let api: Api<NewPod> = Api::namespaced(self.client.clone(), ns);
         match api.create(&PostParams::default(), &pod).await {
             Ok(_) => Ok(Helper::Running),
             Err(KubeError::Api(s)) if s.code == 409 => Ok(Helper::Running),
