@@ -149,7 +149,11 @@ pub fn up(args: &[String]) -> Result<()> {
         Command::new(bin("k3rs-controller-manager"))
             .arg("--kubeconfig")
             .arg(dir.join("server/cred/admin.kubeconfig"))
-            .args(["--healthz-bind-address", "127.0.0.1:10257"]),
+            .args(["--healthz-bind-address", "127.0.0.1:10257"])
+            .arg("--service-account-private-key-file")
+            .arg(dir.join("server/tls/service.key"))
+            .arg("--local-path-storage-dir")
+            .arg(dir.join("storage")),
     )?;
     wait_log(
         &dir,
