@@ -165,9 +165,7 @@ pub fn up(args: &[String]) -> Result<()> {
         "k3rs is up: kine over {}, the apiserver on https://127.0.0.1:6443 and the controller-manager",
         sock.display()
     );
-    println!(
-        "(the garbage collector is the only controller yet; no scheduler or kubelet: pods do not run)"
-    );
+    println!("(no scheduler or kubelet yet: pods are created by the controllers but do not run)");
     println!();
     println!("kubeconfig: {}", kubeconfig.display());
     println!("try:   export KUBECONFIG={}", kubeconfig.display());
