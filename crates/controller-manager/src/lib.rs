@@ -67,6 +67,11 @@ pub const CONTROLLERS: &[(&str, &str)] = &[
         "persistentvolume-binder-controller",
         "persistentvolume-binder",
     ),
+    ("persistentvolume-protection-controller", "pv-protection"),
+    (
+        "persistentvolumeclaim-protection-controller",
+        "pvc-protection",
+    ),
     ("pod-garbage-collector-controller", "podgc"),
     ("replicaset-controller", "replicaset"),
     ("replicationcontroller-controller", "replicationcontroller"),
@@ -370,6 +375,12 @@ pub async fn run_with_readiness(
     }
     if enabled(&config.controllers, "persistentvolume-binder") {
         workers.push(volume::binder::start(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "pvc-protection") {
+        workers.push(volume::protection::start_claims(&ctx, &shutdown));
+    }
+    if enabled(&config.controllers, "pv-protection") {
+        workers.push(volume::protection::start_volumes(&ctx, &shutdown));
     }
     if enabled(&config.controllers, "local-storage") {
         workers.push(volume::local_path::start(

@@ -1,6 +1,6 @@
 //! The pod as the controllers cache it: decoded straight from the API's JSON with only the fields a
 //! controller reads (metadata, the scheduling and identity part of the spec, the containers that name
-//! ports, the whole status), so 10,000 cached pods cost a fraction of `k8s_openapi`'s `Pod` (whose spec
+//! ports, the claims its volumes use, the whole status), so 10,000 cached pods cost a fraction of `k8s_openapi`'s `Pod` (whose spec
 //! alone is 1.4 KB and each container 2 KB, however empty) and no full pod is ever built to be thrown away.
 //! It cannot be serialized: a controller never writes a cached pod back, only patches the fields it owns
 //! (pods are created from templates as `k8s_openapi` pods).
@@ -38,6 +38,59 @@ pub struct PodSpec {
     /// Only the containers that name ports (Services' named target ports resolve against them).
     #[serde(default, deserialize_with = "named_port_containers")]
     pub containers: Vec<Container>,
+    /// Only the volumes that are claims.
+    #[serde(default, rename = "volumes", deserialize_with = "claim_volumes")]
+    pub claims: Vec<ClaimVolume>,
+}
+
+/// A volume backed by a PersistentVolumeClaim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimVolume {
+    /// `persistentVolumeClaim.claimName`.
+    Named(String),
+    /// An ephemeral volume (by volume name): its claim is `<pod>-<volume>`.
+    Ephemeral(String),
+}
+
+impl Pod {
+    /// The names of the claims the pod's volumes use.
+    pub fn claim_names(&self) -> Vec<String> {
+        let pod = self.metadata.name.as_deref().unwrap_or("");
+        self.spec
+            .iter()
+            .flat_map(|s| s.claims.iter())
+            .map(|c| match c {
+                ClaimVolume::Named(n) => n.clone(),
+                ClaimVolume::Ephemeral(v) => format!("{pod}-{v}"),
+            })
+            .collect()
+    }
+}
+
+fn claim_volumes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ClaimVolume>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Claim {
+        claim_name: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Volume {
+        #[serde(default)]
+        name: String,
+        persistent_volume_claim: Option<Claim>,
+        ephemeral: Option<serde::de::IgnoredAny>,
+    }
+    let all: Option<Vec<Volume>> = Option::deserialize(d)?;
+    Ok(all
+        .into_iter()
+        .flatten()
+        .filter_map(|v| match (v.persistent_volume_claim, v.ephemeral) {
+            (Some(c), _) => Some(ClaimVolume::Named(c.claim_name)),
+            (None, Some(_)) => Some(ClaimVolume::Ephemeral(v.name)),
+            _ => None,
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -141,7 +194,9 @@ mod tests {
             "metadata": {"name": "p", "namespace": "ns", "labels": {"app": "a"}},
             "spec": {"nodeName": "n1", "restartPolicy": "Never",
                 "tolerations": [{"key": "k", "operator": "Exists"}],
-                "volumes": [{"name": "v", "emptyDir": {}}],
+                "volumes": [{"name": "v", "emptyDir": {}},
+                    {"name": "d", "persistentVolumeClaim": {"claimName": "data"}},
+                    {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {}}}}],
                 "containers": [
                     {"name": "plain", "image": "busybox", "ports": [{"containerPort": 80}]},
                     {"name": "web", "image": "nginx", "env": [{"name": "A", "value": "b"}],
@@ -155,6 +210,7 @@ mod tests {
         assert_eq!(spec.containers[0].name, "web");
         assert_eq!(spec.containers[0].ports[0].name, "http");
         assert_eq!(spec.containers[0].ports.len(), 1);
+        assert_eq!(pod.claim_names(), ["data", "p-scratch"]);
         assert_eq!(pod.status.unwrap().pod_ip.as_deref(), Some("10.42.0.5"));
     }
 }

@@ -1,6 +1,7 @@
 //! The mutating plugins that fill in what a new object leaves out, as upstream's: Priority (a pod's
 //! priority from its PriorityClass or the global default), DefaultTolerationSeconds (5-minute tolerations
-//! of not-ready and unreachable nodes) and DefaultStorageClass (a claim without a class gets the default).
+//! of not-ready and unreachable nodes), DefaultStorageClass (a claim without a class gets the default) and
+//! StorageObjectInUseProtection (the protection finalizers of claims and volumes).
 
 use serde_json::{Value, json};
 
@@ -144,6 +145,22 @@ pub async fn storage_class(api: &Api, claim: &mut Value) -> Result<(), ApiError>
     Ok(())
 }
 
+/// StorageObjectInUseProtection: a new claim or volume gets the finalizer the controller-manager's
+/// pvc-protection / pv-protection controllers remove once nothing uses it, so deleting a claim a pod
+/// still mounts (or a bound volume) waits instead of losing data.
+pub fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let meta = crate::meta::metadata_mut(obj);
+    let list = meta
+        .entry("finalizers")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    // Anything but a list is left for validation to refuse.
+    if let Some(items) = list.as_array_mut()
+        && !items.iter().any(|f| f == finalizer)
+    {
+        items.push(Value::String(finalizer.to_string()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +175,16 @@ mod tests {
         assert_eq!(t[1]["key"], "node.kubernetes.io/not-ready");
         toleration_seconds(&mut pod, 300, 300);
         assert_eq!(pod["spec"]["tolerations"].as_array().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn protection_finalizers_are_added_once() {
+        let mut obj = json!({"metadata": {"name": "c", "finalizers": ["other"]}});
+        add_finalizer(&mut obj, "kubernetes.io/pvc-protection");
+        add_finalizer(&mut obj, "kubernetes.io/pvc-protection");
+        assert_eq!(
+            obj["metadata"]["finalizers"],
+            json!(["other", "kubernetes.io/pvc-protection"])
+        );
     }
 }

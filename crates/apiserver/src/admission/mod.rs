@@ -31,6 +31,7 @@ pub const PLUGINS: &[&str] = &[
     "Priority",
     "DefaultTolerationSeconds",
     "DefaultStorageClass",
+    "StorageObjectInUseProtection",
     "ResourceQuota",
 ];
 
@@ -171,8 +172,15 @@ pub async fn mutate(
                 api.admission.unreachable_seconds,
             );
         }
-    } else if is_core(target, "persistentvolumeclaims") && on("DefaultStorageClass") {
-        defaults::storage_class(api, obj).await?;
+    } else if is_core(target, "persistentvolumeclaims") {
+        if on("DefaultStorageClass") {
+            defaults::storage_class(api, obj).await?;
+        }
+        if on("StorageObjectInUseProtection") {
+            defaults::add_finalizer(obj, "kubernetes.io/pvc-protection");
+        }
+    } else if is_core(target, "persistentvolumes") && on("StorageObjectInUseProtection") {
+        defaults::add_finalizer(obj, "kubernetes.io/pv-protection");
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Persistent volumes: the binder (`binder`, upstream's persistentvolume-binder-controller) that binds
 //! claims to volumes, marks released volumes and hands claims to provisioners, and the local-path
-//! provisioner K3s ships (`local_path`: StorageClass `local-path`, a hostPath directory on the chosen node).
+//! provisioner K3s ships (`local_path`: StorageClass `local-path`, a hostPath directory on the chosen node),
+//! and the protection of claims and volumes in use (`protection`).
 //! Here: the annotations and the class and size rules both share.
 
 pub mod binder;
 pub mod local_path;
+pub mod protection;
 
 use k3rs_common::quantity::Quantity;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};

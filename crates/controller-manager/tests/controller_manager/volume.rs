@@ -2,7 +2,8 @@
 //! class or the one pre-bound to them, a claim of a class without a StorageClass is refused with
 //! upstream's event, a claim of an external provisioner's class is handed to it, a Retain volume whose
 //! claim is deleted is Released and kept, and a bound claim whose volume goes is Lost. Repeated events
-//! are counted on the first one.
+//! are counted on the first one. A bound volume and a claim a pod uses are protected from deletion
+//! until they are free (StorageObjectInUseProtection and the protection controllers).
 
 use std::time::Duration;
 
@@ -154,13 +155,62 @@ async fn binding(env: Env) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     ensure!(claim_state(c, "after")?.0 == "Pending");
 
-    // A bound claim's volume deleted: the claim is Lost.
+    // A bound volume being deleted waits (pv-protection)...
     c.kubectl(&["delete", "pv", "static-5g", "--wait=false"])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pv = get(c, &["get", "pv", "static-5g"])?;
+    ensure!(
+        !pv["metadata"]["deletionTimestamp"].is_null()
+            && pv["metadata"]["finalizers"] == json!(["kubernetes.io/pv-protection"])
+            && bound(c, "big", "static-5g")?,
+        "{pv}"
+    );
+    // ... unless forced (an administrator removing the finalizer): then its claim is Lost.
+    c.kubectl(&[
+        "patch",
+        "pv",
+        "static-5g",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])?;
     eventually("big Lost", WAIT, || Ok(claim_state(c, "big")?.0 == "Lost")).await?;
+
+    // A claim a pod uses waits for the pod (pvc-protection); then its volume is Released.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "user"},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}],
+            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "wanted"}}]}});
+    // (once the serviceaccount controller has made `default`)
+    eventually("pod created", WAIT, || {
+        Ok(c.kubectl_in(&["apply", "-f", "-"], &pod.to_string())
+            .is_ok())
+    })
+    .await?;
+    c.kubectl(&["delete", "pvc", "wanted", "--wait=false"])?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let wanted = get(c, &["get", "pvc", "wanted"])?;
+    ensure!(
+        !wanted["metadata"]["deletionTimestamp"].is_null()
+            && wanted["metadata"]["finalizers"] == json!(["kubernetes.io/pvc-protection"]),
+        "{wanted}"
+    );
+    c.kubectl(&["delete", "pod", "user"])?;
+    eventually("wanted deleted, prebound Released", WAIT, || {
+        let gone = c
+            .kubectl(&["get", "pvc", "wanted", "--ignore-not-found"])?
+            .trim()
+            .is_empty();
+        Ok(gone && get(c, &["get", "pv", "prebound"])?["status"]["phase"] == "Released")
+    })
+    .await?;
     Ok(())
 }
 
 #[test]
 fn persistentvolume_binder() {
-    crate::run_controllers(Backend::Sqlite, "persistentvolume-binder", binding);
+    crate::run_controllers(
+        Backend::Sqlite,
+        "persistentvolume-binder,pvc-protection,pv-protection,serviceaccount",
+        binding,
+    );
 }
