@@ -13,8 +13,6 @@ use k8s_openapi::api::core::v1::{
     Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
     Toleration,
 };
-
-use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
@@ -28,6 +26,7 @@ use crate::events::Recorder;
 use crate::expectations::Expectations;
 use crate::informers::{Change, Informer, controller_of, key_of, split_key};
 use crate::node::taints::{self, all_tolerated};
+use crate::pod::{NewPod, Pod};
 use crate::queue::{Outcome, Queue, run_workers};
 use crate::replicaset::{available, ready_since};
 

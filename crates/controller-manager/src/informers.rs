@@ -15,11 +15,12 @@ use kube::api::Api;
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::pod::Pod;
 use kube::{Resource, ResourceExt};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
+
+use crate::pod::Pod;
 
 /// What an informer's objects must be.
 pub trait Object:

@@ -9,8 +9,6 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
-
-use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
@@ -21,6 +19,7 @@ use serde_json::json;
 use crate::events::Recorder;
 use crate::expectations::Expectations;
 use crate::informers::{Informer, controller_of, key_of};
+use crate::pod::{NewPod, Pod};
 
 /// Sets `obj`'s owner references, guarded by its uid and resourceVersion: `None` if it changed or went
 /// meanwhile (the caller looks again later).

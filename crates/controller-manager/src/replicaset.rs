@@ -14,12 +14,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::{
     ReplicaSet, ReplicaSetCondition, ReplicaSetSpec, ReplicaSetStatus,
 };
-use k8s_openapi::api::core::v1::{
-    PodTemplateSpec, ReplicationController, ReplicationControllerCondition,
-    ReplicationControllerStatus,
-};
-
-use crate::pod::{NewPod, Pod};
+use k8s_openapi::api::core::v1::{PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference, Time};
 use kube::api::{Api, ObjectMeta, PostParams};
 use kube::{Error as KubeError, ResourceExt};
@@ -30,6 +25,7 @@ use crate::Ctx;
 use crate::events::Recorder;
 use crate::expectations::Expectations;
 use crate::informers::{Change, Informer, Object, key_of, split_key};
+use crate::pod::{NewPod, Pod};
 use crate::queue::{Outcome, Queue, run_workers};
 use crate::selector::selects;
 
@@ -73,25 +69,7 @@ impl Workload for ReplicationController {
             .filter(|s| !s.is_empty())
             .or_else(|| spec.template.as_ref()?.metadata.as_ref()?.labels.clone())
             .filter(|s| !s.is_empty());
-        let status = self.status.clone().map(|s| ReplicaSetStatus {
-            replicas: s.replicas,
-            fully_labeled_replicas: s.fully_labeled_replicas,
-            ready_replicas: s.ready_replicas,
-            available_replicas: s.available_replicas,
-            observed_generation: s.observed_generation,
-            conditions: s.conditions.map(|cs| {
-                cs.into_iter()
-                    .map(|c| ReplicaSetCondition {
-                        type_: c.type_,
-                        status: c.status,
-                        reason: c.reason,
-                        message: c.message,
-                        last_transition_time: c.last_transition_time,
-                    })
-                    .collect()
-            }),
-            ..Default::default()
-        });
+        let status = self.status.as_ref().and_then(same_shape);
         ReplicaSet {
             metadata: self.metadata.clone(),
             spec: labels.map(|labels| ReplicaSetSpec {
@@ -106,28 +84,19 @@ impl Workload for ReplicationController {
             status,
         }
     }
-    fn with_status(&self, s: ReplicaSetStatus) -> Self {
+    fn with_status(&self, status: ReplicaSetStatus) -> Self {
         let mut next = self.clone();
-        next.status = Some(ReplicationControllerStatus {
-            replicas: s.replicas,
-            fully_labeled_replicas: s.fully_labeled_replicas,
-            ready_replicas: s.ready_replicas,
-            available_replicas: s.available_replicas,
-            observed_generation: s.observed_generation,
-            conditions: s.conditions.map(|cs| {
-                cs.into_iter()
-                    .map(|c| ReplicationControllerCondition {
-                        type_: c.type_,
-                        status: c.status,
-                        reason: c.reason,
-                        message: c.message,
-                        last_transition_time: c.last_transition_time,
-                    })
-                    .collect()
-            }),
-        });
+        next.status = same_shape(&status);
         next
     }
+}
+
+/// A status under the other kind's type: ReplicaSet and ReplicationController statuses have one JSON
+/// shape (but for ReplicaSets' `terminatingReplicas`, which ReplicationControllers do not report).
+fn same_shape<A: serde::Serialize, B: serde::de::DeserializeOwned>(status: &A) -> Option<B> {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| serde_json::from_value(v).ok())
 }
 
 /// Pods the controller counts: not finished and not being deleted (upstream's `FilterActivePods`).

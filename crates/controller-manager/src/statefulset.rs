@@ -13,8 +13,6 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetSta
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, PodTemplateSpec, Volume,
 };
-
-use crate::pod::{NewPod, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
@@ -26,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Ctx;
 use crate::events::Recorder;
 use crate::informers::{Informer, controller_of, key_of, split_key};
+use crate::pod::{NewPod, Pod};
 use crate::queue::{Outcome, Queue, run_workers};
 use crate::replicaset::{available, ready_since};
 

@@ -10,7 +10,6 @@ pub mod util;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pod::Pod;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
@@ -22,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Ctx;
 use crate::events::Recorder;
 use crate::informers::{Change, Informer, key_of, split_key};
+use crate::pod::Pod;
 use crate::queue::{Outcome, Queue, run_workers};
 use crate::selector::selects;
 use util::*;
@@ -968,13 +968,19 @@ fn set_revision(d: &mut Deployment, rev: &str) -> bool {
     true
 }
 
-/// How big the new set may be now (upstream's `NewRSNewReplicas`).
+/// How big the new set may be now (upstream's `NewRSNewReplicas`). The sets' sizes count as the larger of
+/// what they should have and the pods they still have: a set scaled down whose pods are not yet deleted
+/// leaves no room, so the pods that exist never pass `replicas + maxSurge` (upstream counts only the
+/// sizes, and overshoots for a moment when the new set's creations beat the old set's deletions).
 fn new_rs_replicas(d: &Deployment, all: &[ReplicaSet], new: &ReplicaSet) -> i32 {
     let want = replicas(d);
     if !is_rolling(d) {
         return want;
     }
-    let current = spec_total(all);
+    let current: i32 = all
+        .iter()
+        .map(|rs| rs_replicas(rs).max(rs_status(rs).replicas))
+        .sum();
     let max_total = want + max_surge(d);
     if current >= max_total {
         return rs_replicas(new);

@@ -8,8 +8,6 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{
     EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service,
 };
-
-use crate::pod::Pod;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 use kube::{Error as KubeError, ResourceExt};
 use tokio::task::JoinSet;
@@ -18,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::Ctx;
 use crate::informers::{Change, Informer, key_of, split_key};
+use crate::pod::Pod;
 use crate::queue::{Outcome, Queue, run_workers};
 
 const MAX_ADDRESSES: usize = 1000;

@@ -7,9 +7,10 @@ pub mod legacy;
 pub mod mirroring;
 pub mod slices;
 
-use crate::pod::Pod;
 use k8s_openapi::api::core::v1::{Service, ServicePort};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::pod::Pod;
 
 /// Labels a Service gives its endpoints objects besides its own.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

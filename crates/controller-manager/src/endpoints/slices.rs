@@ -7,7 +7,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::pod::Pod;
 use k8s_openapi::api::core::v1::{Node, ObjectReference, Service};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -20,6 +19,7 @@ use super::legacy::enqueue_services_of_pod;
 use super::*;
 use crate::Ctx;
 use crate::informers::{Informer, key_of, split_key};
+use crate::pod::Pod;
 use crate::queue::{Outcome, Queue, run_workers};
 
 pub const CONTROLLER: &str = "endpointslice-controller.k8s.io";

@@ -11,7 +11,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pod::Pod;
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -26,6 +25,7 @@ use crate::Ctx;
 use crate::events::Recorder;
 use crate::expectations::Expectations;
 use crate::informers::{Change, Informer, controller_of, key_of, split_key};
+use crate::pod::Pod;
 use crate::queue::{Outcome, Queue, run_workers};
 use util::*;
 

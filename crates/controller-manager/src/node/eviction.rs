@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pod::Pod;
 use k8s_openapi::api::core::v1::{Node, Taint, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -20,6 +19,7 @@ use super::taints::tolerates;
 use crate::Ctx;
 use crate::events::Recorder;
 use crate::informers::{Change, Informer, key_of, split_key};
+use crate::pod::Pod;
 use crate::queue::{Outcome, Queue, run_workers};
 
 struct Controller {

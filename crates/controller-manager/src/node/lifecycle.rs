@@ -9,7 +9,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::pod::Pod;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, NodeCondition, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -25,6 +24,7 @@ use super::taints::*;
 use crate::Ctx;
 use crate::events::Recorder;
 use crate::informers::Informer;
+use crate::pod::Pod;
 use crate::queue::{Outcome, Queue, run_workers};
 
 const LEASE_NAMESPACE: &str = "kube-node-lease";

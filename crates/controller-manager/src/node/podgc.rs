@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::pod::Pod;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -17,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Ctx;
 use crate::informers::{Informer, key_of};
+use crate::pod::Pod;
 
 const PERIOD: Duration = Duration::from_secs(20);
 const QUARANTINE: Duration = Duration::from_secs(40);

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::pod::{NewPod, Pod};
 use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
@@ -26,6 +25,7 @@ use super::{
 use crate::Ctx;
 use crate::events::Recorder;
 use crate::informers::{Informer, key_of, split_key};
+use crate::pod::{NewPod, Pod};
 use crate::queue::{Outcome, Queue, run_workers};
 
 /// The provisioner's name, as K3s's.

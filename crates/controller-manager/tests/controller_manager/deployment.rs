@@ -73,6 +73,26 @@ struct Seen {
     overlap: bool,
 }
 
+/// Keeps `pods` (name → image, ready) up to date with one event about `p`.
+fn record(pods: &mut HashMap<String, (String, bool)>, p: &Pod, gone: bool) {
+    let name = p.metadata.name.clone().unwrap_or_default();
+    if gone || p.metadata.deletion_timestamp.is_some() {
+        pods.remove(&name);
+        return;
+    }
+    let image = p
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].image.clone())
+        .unwrap_or_default();
+    let ready = p
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    pods.insert(name, (image, ready));
+}
+
 /// Watches the pods of `app` and records the extremes of live and ready pods.
 async fn watch_rollout(
     c: &Cluster,
@@ -90,30 +110,28 @@ async fn watch_rollout(
     let cfg = watcher::Config::default().labels(&format!("app={app}"));
     let task = tokio::spawn(async move {
         let mut stream = watcher(pods, cfg).default_backoff().boxed();
-        while let Some(Ok(ev)) = stream.next().await {
+        // A relist (the watch restarted) replaces what was seen once it is whole: pods deleted while
+        // the watch was down must not linger, and a half-listed state is no step of the rollout.
+        let mut relisting: Option<HashMap<String, (String, bool)>> = None;
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
             let mut seen = s.lock();
-            let mut record = |p: &Pod, gone: bool| {
-                let name = p.metadata.name.clone().unwrap_or_default();
-                if gone || p.metadata.deletion_timestamp.is_some() {
-                    seen.pods.remove(&name);
-                    return;
-                }
-                let image = p
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.containers[0].image.clone())
-                    .unwrap_or_default();
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                seen.pods.insert(name, (image, ready));
-            };
             match ev {
-                watcher::Event::Apply(p) | watcher::Event::InitApply(p) => record(&p, false),
-                watcher::Event::Delete(p) => record(&p, true),
-                _ => {}
+                watcher::Event::Init => {
+                    relisting = Some(HashMap::new());
+                    continue;
+                }
+                watcher::Event::InitApply(p) => {
+                    if let Some(pods) = relisting.as_mut() {
+                        record(pods, &p, false);
+                    }
+                    continue;
+                }
+                watcher::Event::InitDone => {
+                    seen.pods = relisting.take().unwrap_or_default();
+                }
+                watcher::Event::Apply(p) => record(&mut seen.pods, &p, false),
+                watcher::Event::Delete(p) => record(&mut seen.pods, &p, true),
             }
             let total = seen.pods.len();
             let ready = seen.pods.values().filter(|(_, r)| *r).count();
