@@ -131,9 +131,8 @@ pub async fn run_with_readiness(
             }
         }
     };
-    let signer = pki::pem_to_der(&pki.service_account_key_pem)
-        .ok_or_else(|| Error::Config("service.key is not PEM".into()))
-        .and_then(|der| auth::jwt::Signer::from_pkcs8(&der).map_err(Error::Config))?;
+    let signer =
+        auth::jwt::Signer::from_pem(&pki.service_account_key_pem).map_err(Error::Config)?;
     let audiences = if config.api_audiences.is_empty() {
         vec![config.service_account_issuer.clone()]
     } else {

@@ -46,6 +46,15 @@ impl Signer {
         })
     }
 
+    /// From a PKCS#8 PEM ECDSA P-256 private key (as `server/tls/service.key`).
+    pub fn from_pem(pem: &str) -> Result<Self, String> {
+        use rustls::pki_types::PrivatePkcs8KeyDer;
+        use rustls::pki_types::pem::PemObject;
+        let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("service-account key is not a PKCS#8 PEM key: {e}"))?;
+        Self::from_pkcs8(der.secret_pkcs8_der())
+    }
+
     /// The signed token for `claims`.
     pub fn sign(&self, claims: &Value) -> Result<String, String> {
         let header = json!({"alg": "ES256", "kid": self.kid});
@@ -111,6 +120,15 @@ mod tests {
     fn signer() -> Signer {
         let kp = rcgen::KeyPair::generate().unwrap();
         Signer::from_pkcs8(&kp.serialize_der()).unwrap()
+    }
+
+    #[test]
+    fn reads_a_pem_key() {
+        let kp = rcgen::KeyPair::generate().unwrap();
+        let s = Signer::from_pem(&kp.serialize_pem()).unwrap();
+        let t = s.sign(&json!({"sub": "x"})).unwrap();
+        assert_eq!(s.verify(&t).unwrap()["sub"], "x");
+        assert!(Signer::from_pem("not a key").is_err());
     }
 
     #[test]

@@ -10,8 +10,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use k3rs_common::jwt::Signer;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
@@ -32,15 +30,7 @@ pub const ANN_UID: &str = "kubernetes.io/service-account.uid";
 /// Reads the signing key (PKCS#8 PEM, as `server/tls/service.key`).
 pub fn load_signer(path: &Path) -> Result<Signer, String> {
     let pem = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .concat();
-    let der = B64
-        .decode(body.trim())
-        .map_err(|e| format!("{}: not a PEM key: {e}", path.display()))?;
-    Signer::from_pkcs8(&der).map_err(|e| format!("{}: {e}", path.display()))
+    Signer::from_pem(&pem).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 struct Tokens {

@@ -8,7 +8,7 @@
 mod certs;
 mod manage;
 
-pub use certs::{cert_info, pem_to_der};
+pub use certs::cert_info;
 pub use manage::{CertRow, SERVICES, check, rotate, table};
 
 use std::net::IpAddr;
