@@ -340,19 +340,7 @@ impl Cluster {
         let mut cm = Proc::spawn("k3rs-controller-manager", &mut cmd, &log)?;
         let start = Instant::now();
         loop {
-            let ready = std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .and_then(|mut s| {
-                    use std::io::{Read, Write};
-                    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                        .ok()?;
-                    let mut out = String::new();
-                    s.read_to_string(&mut out).ok()?;
-                    Some(out.starts_with("HTTP/1.1 200"))
-                })
-                .unwrap_or(false);
-            if ready {
+            if crate::http_get(port, "/readyz").is_ok_and(|(code, _)| code == 200) {
                 return Ok(cm);
             }
             if !cm.alive() || start.elapsed() > Duration::from_secs(60) {

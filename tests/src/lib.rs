@@ -29,7 +29,7 @@ macro_rules! per_backend {
         }
     };
 }
-pub use process::{Proc, free_port, target_bin};
+pub use process::{Proc, free_port, http_get, target_bin};
 pub use store::{Backend, Server, ServerOptions};
 
 /// Runs an async test body on a multi-threaded runtime with an overall timeout, so a hung test fails

@@ -132,3 +132,26 @@ pub fn host_tool(name: &str, package: &str) -> Result<PathBuf> {
     }
     anyhow::bail!("{name} is not installed: install Debian's {package} (`cargo xtask deps` does)")
 }
+
+/// A plain HTTP GET on 127.0.0.1 (a daemon's /healthz, /readyz or /metrics): (status code, body).
+pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let code = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((code, body))
+}

@@ -14,12 +14,12 @@ pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
-pub mod events;
+pub use k3rs_common::events;
 pub mod expectations;
 pub mod gc;
 pub mod informers;
 pub mod job;
-pub mod leader;
+pub use k3rs_common::leader;
 mod metrics;
 pub mod namespace;
 pub mod node;
@@ -27,7 +27,7 @@ pub mod owned;
 pub mod pod;
 pub mod queue;
 pub mod replicaset;
-pub mod selector;
+pub use k3rs_common::selector;
 pub mod serviceaccount_tokens;
 pub mod serviceaccounts;
 pub mod statefulset;
@@ -198,18 +198,9 @@ pub fn enabled(controllers: &[String], name: &str) -> bool {
 
 /// The API client, and the CA bundle the kubeconfig trusts (PEM).
 async fn client(config: &Config) -> Result<(kube::Client, Option<String>), Error> {
-    let kube_config = match &config.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| Error::Kubeconfig(e.to_string()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| Error::Kubeconfig(e.to_string()))?,
-    };
+    let kube_config = k3rs_common::client::config(config.kubeconfig.as_deref())
+        .await
+        .map_err(Error::Kubeconfig)?;
     let ca = kube_config.root_cert.as_ref().map(|certs| {
         use base64::Engine as _;
         certs

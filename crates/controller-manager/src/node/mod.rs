@@ -1,12 +1,12 @@
 //! Node controllers: pod CIDRs (`ipam.rs`), node health and condition taints (`lifecycle.rs`), NoExecute
 //! evictions (`eviction.rs`), the pod garbage collector (`podgc.rs`), and taint/toleration matching
-//! (`taints.rs`).
+//! (`k3rs_common::taints`).
 
 pub mod eviction;
 pub mod ipam;
 pub mod lifecycle;
 pub mod podgc;
-pub mod taints;
+pub use k3rs_common::taints;
 
 use std::time::Duration;
 

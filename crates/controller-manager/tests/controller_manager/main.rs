@@ -16,7 +16,6 @@ mod serviceaccounts;
 mod statefulset;
 mod volume;
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -158,26 +157,4 @@ impl Env {
     }
 }
 
-/// A plain HTTP GET on 127.0.0.1: (status code, body).
-pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    Ok((code, body))
-}
-
-pub use k3rs_tests::eventually;
+pub use k3rs_tests::{eventually, http_get};

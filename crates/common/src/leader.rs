@@ -26,6 +26,16 @@ pub struct Settings {
 impl Settings {
     /// The controller-manager's defaults: `kube-system/kube-controller-manager`, 15 s, 10 s, 2 s.
     pub fn controller_manager() -> Self {
+        Self::lease("kube-controller-manager")
+    }
+
+    /// The scheduler's defaults: `kube-system/kube-scheduler`, 15 s, 10 s, 2 s.
+    pub fn scheduler() -> Self {
+        Self::lease("kube-scheduler")
+    }
+
+    /// Upstream's defaults for the Lease `kube-system/<name>`, with a unique identity for this process.
+    pub fn lease(name: &str) -> Self {
         let host = std::fs::read_to_string("/etc/hostname")
             .ok()
             .map(|h| h.trim().to_string())
@@ -33,7 +43,7 @@ impl Settings {
             .unwrap_or_else(|| "k3rs".into());
         Self {
             namespace: "kube-system".into(),
-            name: "kube-controller-manager".into(),
+            name: name.into(),
             identity: format!("{host}_{}", uuid::Uuid::new_v4()),
             lease_duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
