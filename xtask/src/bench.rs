@@ -33,7 +33,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 )
             }
             other => bail!(
-                "unknown bench argument {other:?} (--rounds N, --only etcd,sqlite,postgres,mysql)"
+                "unknown bench argument {other:?} (--rounds N, --only etcd,sqlite,postgres,mysql; \
+                 for scheduler --only takes workloads)"
             ),
         }
     }
@@ -41,8 +42,15 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("kine") => kine(rounds, only),
         Some("apiserver") => crate::bench_apiserver::run(rounds, only),
         Some("controllers") => crate::bench_controllers::run(rounds, only),
-        Some(other) => bail!("unknown benchmark {other:?} (known: kine, apiserver, controllers)"),
-        None => bail!("usage: cargo xtask bench <name> (known: kine, apiserver, controllers)"),
+        Some("scheduler") => crate::bench_scheduler::run(rounds, only),
+        Some(other) => {
+            bail!("unknown benchmark {other:?} (known: kine, apiserver, controllers, scheduler)")
+        }
+        None => {
+            bail!(
+                "usage: cargo xtask bench <name> (known: kine, apiserver, controllers, scheduler)"
+            )
+        }
     }
 }
 
@@ -392,13 +400,8 @@ fn fmt(v: f64, unit: &str) -> String {
     }
 }
 
-fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String> {
-    let get = |s: Subject, m: &str| {
-        results
-            .get(&(s, m.to_string()))
-            .map(|v| median(v))
-            .unwrap_or(f64::NAN)
-    };
+/// This machine for a report: "N cores (CPU model), M GiB RAM, Linux <release>".
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -422,16 +425,38 @@ fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String>
             })
         })
         .unwrap_or(0.0);
-    let etcd_version = util::output(Command::new("etcd").arg("--version"))
-        .ok()
-        .and_then(|v| v.lines().next().map(str::to_string))
-        .unwrap_or_default();
-    let rev = util::output(
+    format!(
+        "{cores} cores ({cpu}), {:.1} GiB RAM, Linux {}",
+        mem / 1024.0 / 1024.0,
+        util::output(Command::new("uname").arg("-r"))
+            .unwrap_or_default()
+            .trim()
+    )
+}
+
+/// The short git revision of the workspace (empty if unknown).
+pub(crate) fn revision() -> String {
+    util::output(
         Command::new("git")
             .args(["rev-parse", "--short", "HEAD"])
             .current_dir(util::root()),
     )
-    .unwrap_or_default();
+    .unwrap_or_default()
+    .trim()
+    .to_string()
+}
+
+fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String> {
+    let get = |s: Subject, m: &str| {
+        results
+            .get(&(s, m.to_string()))
+            .map(|v| median(v))
+            .unwrap_or(f64::NAN)
+    };
+    let etcd_version = util::output(Command::new("etcd").arg("--version"))
+        .ok()
+        .and_then(|v| v.lines().next().map(str::to_string))
+        .unwrap_or_default();
 
     let mut md = String::new();
     writeln!(md, "# Benchmark: kine beside etcd\n")?;
@@ -439,18 +464,11 @@ fn render(results: &Results, elapsed: Duration, rounds: usize) -> Result<String>
         md,
         "Produced by `cargo xtask bench kine` (k3rs {}) in {:.0} s. Medians of {rounds} rounds; the subjects \
          alternate order each round and start from an empty store every time.\n",
-        rev.trim(),
+        revision(),
         elapsed.as_secs_f64()
     )?;
     writeln!(md, "## Machine\n")?;
-    writeln!(
-        md,
-        "- {cores} cores ({cpu}), {:.1} GiB RAM, Linux {}",
-        mem / 1024.0 / 1024.0,
-        util::output(Command::new("uname").arg("-r"))
-            .unwrap_or_default()
-            .trim()
-    )?;
+    writeln!(md, "- {}", machine())?;
     writeln!(
         md,
         "- peer: Debian's {etcd_version}, single member, default fsync, data on the same disk as kine's SQLite file"

@@ -2,7 +2,7 @@
 //! rounds, driven through kube-rs by `apiserver-bench`; writes `docs/benchmarks/apiserver.md`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -151,6 +151,35 @@ pub(crate) fn start_store(store: Store, dir: &Path) -> Result<(Daemon, u16)> {
     Ok((daemon, port))
 }
 
+/// k3rs-apiserver (release) on a free port over the store on 127.0.0.1:`store_port`, with `extra` flags,
+/// its data and `apiserver.log` under `dir`, once it says it is ready; with its admin kubeconfig.
+pub(crate) fn start_apiserver(
+    store_port: u16,
+    dir: &Path,
+    extra: &[&str],
+) -> Result<(Daemon, PathBuf)> {
+    let api_port = util::free_port()?;
+    let log = dir.join("apiserver.log");
+    let api = Daemon::spawn(
+        "k3rs-apiserver",
+        Command::new(util::root().join("target/release/k3rs-apiserver"))
+            .arg("--etcd-servers")
+            .arg(format!("http://127.0.0.1:{store_port}"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--secure-port",
+                &api_port.to_string(),
+            ])
+            .args(extra),
+        &log,
+    )?;
+    wait_log(&log, "apiserver ready", Duration::from_secs(60))?;
+    Ok((api, dir.join("server/cred/admin.kubeconfig")))
+}
+
 fn loadgen(kubeconfig: &Path, workload: &str, extra: &[&str]) -> Result<String> {
     util::output(
         Command::new(util::root().join("target/release/apiserver-bench"))
@@ -166,27 +195,9 @@ fn run_store(store: Store, round: usize, work: &Path, results: &mut Results) -> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let (mut storage, port) = start_store(store, &dir)?;
-    let api_port = util::free_port()?;
-    let log = dir.join("apiserver.log");
-    let mut api = Daemon::spawn(
-        "k3rs-apiserver",
-        Command::new(util::root().join("target/release/k3rs-apiserver"))
-            .arg("--etcd-servers")
-            .arg(format!("http://127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--secure-port",
-                &api_port.to_string(),
-                // The apiserver alone: no controller-manager creates the ServiceAccounts pods run as.
-                "--disable-admission-plugins=ServiceAccount",
-            ]),
-        &log,
-    )?;
-    wait_log(&log, "apiserver ready", Duration::from_secs(60))?;
-    let kubeconfig = dir.join("server/cred/admin.kubeconfig");
+    // The apiserver alone: no controller-manager creates the ServiceAccounts pods run as.
+    let (mut api, kubeconfig) =
+        start_apiserver(port, &dir, &["--disable-admission-plugins=ServiceAccount"])?;
     let mut push = |metric: &str, v: f64| {
         results
             .entry((store, metric.to_string()))

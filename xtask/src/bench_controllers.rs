@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench::{json_number, median, rss_bytes};
-use crate::bench_apiserver::{Results, Store, alternate_rounds, publish, start_store, wait_log};
+use crate::bench_apiserver::{
+    Results, Store, alternate_rounds, publish, start_apiserver, start_store,
+};
 use crate::util::{self, Daemon};
 
 const REPLICAS: usize = 3000;
@@ -45,19 +47,21 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     )
 }
 
-fn ready(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+/// GET `path` from a daemon's plain-HTTP health endpoint on 127.0.0.1:`port`: the status code and body.
+pub(crate) fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_string()))
+}
+
+fn ready(port: u16) -> bool {
+    http_get(port, "/readyz").is_some_and(|(code, _)| code == 200)
 }
 
 fn loadgen(kubeconfig: &Path, workload: &str, extra: &[&str]) -> Result<String> {
@@ -75,25 +79,7 @@ fn run_store(store: Store, round: usize, work: &Path, results: &mut Results) -> 
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     let (mut storage, port) = start_store(store, &dir)?;
-    let api_port = util::free_port()?;
-    let log = dir.join("apiserver.log");
-    let mut api = Daemon::spawn(
-        "k3rs-apiserver",
-        Command::new(util::root().join("target/release/k3rs-apiserver"))
-            .arg("--etcd-servers")
-            .arg(format!("http://127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(&dir)
-            .args([
-                "--bind-address",
-                "127.0.0.1",
-                "--secure-port",
-                &api_port.to_string(),
-            ]),
-        &log,
-    )?;
-    wait_log(&log, "apiserver ready", Duration::from_secs(60))?;
-    let kubeconfig = dir.join("server/cred/admin.kubeconfig");
+    let (mut api, kubeconfig) = start_apiserver(port, &dir, &[])?;
     let health = util::free_port()?;
     let mut cm = Daemon::spawn(
         "k3rs-controller-manager",

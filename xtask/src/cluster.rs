@@ -1,6 +1,6 @@
 //! `cargo xtask cluster-up` / `cluster-down`: a development cluster under `.k3rs/` at the repository root.
-//! So far that is kine (on SQLite by default), the apiserver on 127.0.0.1:6443 and the controller-manager;
-//! the launcher will replace these separate processes, and the scheduler and kubelet join as they land.
+//! So far that is kine (on SQLite by default), the apiserver on 127.0.0.1:6443, the controller-manager and
+//! the scheduler; the launcher will replace these separate processes, and the kubelet joins as it lands.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,7 +16,7 @@ fn state_dir() -> PathBuf {
 
 /// The daemons in start order (stopped in reverse).
 /// Started in this order, stopped in the reverse one.
-const DAEMONS: &[&str] = &["kine", "apiserver", "controller-manager"];
+const DAEMONS: &[&str] = &["kine", "apiserver", "controller-manager", "scheduler"];
 
 fn running(pidfile: &Path) -> Option<String> {
     let pid = std::fs::read_to_string(pidfile).ok()?;
@@ -89,7 +89,7 @@ pub fn up(args: &[String]) -> Result<()> {
     };
     crate::deps::install_only(crate::deps::CLUSTER)?;
     eprintln!(
-        "cluster-up: building k3rs-kine, k3rs-apiserver and k3rs-controller-manager (release)"
+        "cluster-up: building k3rs-kine, k3rs-apiserver, k3rs-controller-manager and k3rs-scheduler (release)"
     );
     util::run(util::cargo().args([
         "build",
@@ -101,6 +101,8 @@ pub fn up(args: &[String]) -> Result<()> {
         "k3rs-apiserver",
         "-p",
         "k3rs-controller-manager",
+        "-p",
+        "k3rs-scheduler",
     ]))?;
     std::fs::create_dir_all(dir.join("server"))?;
     let bin = |name: &str| util::root().join("target/release").join(name);
@@ -161,17 +163,32 @@ pub fn up(args: &[String]) -> Result<()> {
         "garbage collector synced",
         Duration::from_secs(60),
     )?;
+    eprintln!("cluster-up: starting the scheduler");
+    spawn(
+        &dir,
+        "scheduler",
+        Command::new(bin("k3rs-scheduler"))
+            .arg("--kubeconfig")
+            .arg(dir.join("server/cred/scheduler.kubeconfig"))
+            .args(["--healthz-bind-address", "127.0.0.1:10259"]),
+    )?;
+    wait_log(
+        &dir,
+        "scheduler",
+        "caches synced; scheduling",
+        Duration::from_secs(60),
+    )?;
     println!(
-        "k3rs is up: kine over {}, the apiserver on https://127.0.0.1:6443 and the controller-manager",
+        "k3rs is up: kine over {}, the apiserver on https://127.0.0.1:6443, the controller-manager and the scheduler",
         sock.display()
     );
-    println!("(no scheduler or kubelet yet: pods are created by the controllers but do not run)");
+    println!("(no kubelet yet: pods are scheduled to nodes but do not run)");
     println!();
     println!("kubeconfig: {}", kubeconfig.display());
     println!("try:   export KUBECONFIG={}", kubeconfig.display());
     println!("       kubectl get namespaces");
     println!(
-        "logs:  .k3rs/kine.log .k3rs/apiserver.log .k3rs/controller-manager.log   metrics: kine http://127.0.0.1:2381/metrics, controller-manager http://127.0.0.1:10257/metrics"
+        "logs:  .k3rs/{{kine,apiserver,controller-manager,scheduler}}.log   metrics: kine http://127.0.0.1:2381/metrics, controller-manager http://127.0.0.1:10257/metrics, scheduler http://127.0.0.1:10259/metrics"
     );
     println!("stop:  cargo xtask cluster-down");
     Ok(())

@@ -1,0 +1,279 @@
+//! The plugins that judge a node by itself: NodeUnschedulable, NodeName, TaintToleration, NodeAffinity
+//! (with `nodeSelector`) and NodePorts, with upstream's reasons.
+
+use k3rs_common::taints::{UNSCHEDULABLE, tolerates};
+use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+
+use crate::cache::{Cache, NodeInfo};
+use crate::framework::{
+    CycleState, Event, MAX_NODE_SCORE, Plugin, Status, default_normalize, point,
+};
+use crate::pod::PodInfo;
+
+const NODE_EVENTS: &[Event] = &[Event::NodeAdd, Event::NodeUpdate];
+
+#[derive(Debug)]
+pub struct NodeUnschedulable;
+
+impl Plugin for NodeUnschedulable {
+    fn name(&self) -> &'static str {
+        "NodeUnschedulable"
+    }
+    fn points(&self) -> u32 {
+        point::FILTER
+    }
+    fn events(&self) -> &'static [Event] {
+        NODE_EVENTS
+    }
+    fn filter(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        if !node.unschedulable {
+            return Status::success();
+        }
+        let taint = Taint {
+            key: UNSCHEDULABLE.into(),
+            effect: "NoSchedule".into(),
+            ..Default::default()
+        };
+        if pod
+            .pending()
+            .tolerations
+            .iter()
+            .any(|t| tolerates(t, &taint))
+        {
+            return Status::success();
+        }
+        Status::unresolvable("node(s) were unschedulable")
+    }
+}
+
+#[derive(Debug)]
+pub struct NodeName;
+
+impl Plugin for NodeName {
+    fn name(&self) -> &'static str {
+        "NodeName"
+    }
+    fn points(&self) -> u32 {
+        point::FILTER
+    }
+    fn events(&self) -> &'static [Event] {
+        &[Event::NodeAdd]
+    }
+    fn filter(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        match &pod.node_name {
+            Some(n) if *n != node.name => {
+                Status::unresolvable("node(s) didn't match the requested node name")
+            }
+            _ => Status::success(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TaintToleration;
+
+/// The first NoSchedule/NoExecute taint none of `tolerations` tolerates.
+fn untolerated<'a>(taints: &'a [Taint], tolerations: &[Toleration]) -> Option<&'a Taint> {
+    taints
+        .iter()
+        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+}
+
+impl Plugin for TaintToleration {
+    fn name(&self) -> &'static str {
+        "TaintToleration"
+    }
+    fn points(&self) -> u32 {
+        point::FILTER | point::PRE_SCORE | point::SCORE
+    }
+    fn events(&self) -> &'static [Event] {
+        NODE_EVENTS
+    }
+    fn filter(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        match untolerated(&node.taints, &pod.pending().tolerations) {
+            None => Status::success(),
+            Some(t) => Status::unresolvable(format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.as_deref().unwrap_or("")
+            )),
+        }
+    }
+    fn score(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        // PreferNoSchedule taints the pod does not tolerate (tolerations of that effect or none).
+        let tolerations: Vec<&Toleration> = pod
+            .pending()
+            .tolerations
+            .iter()
+            .filter(|t| {
+                t.effect
+                    .as_deref()
+                    .is_none_or(|e| e.is_empty() || e == "PreferNoSchedule")
+            })
+            .collect();
+        node.taints
+            .iter()
+            .filter(|t| t.effect == "PreferNoSchedule")
+            .filter(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
+            .count() as i64
+    }
+    fn normalize(&self, _: &CycleState, _: &[&NodeInfo], scores: &mut [i64]) {
+        default_normalize(MAX_NODE_SCORE, true, scores);
+    }
+}
+
+/// Whether a node selector requirement holds for `labels` (upstream's `NodeSelectorRequirementsAsSelector`).
+fn requirement_holds(
+    r: &NodeSelectorRequirement,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let values = r.values.as_deref().unwrap_or(&[]);
+    let have = labels.get(&r.key);
+    let number = |s: &str| s.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => have.is_some_and(|v| values.contains(v)),
+        "NotIn" => have.is_none_or(|v| !values.contains(v)),
+        "Exists" => have.is_some(),
+        "DoesNotExist" => have.is_none(),
+        "Gt" | "Lt" => {
+            let (Some(v), Some(bound)) = (
+                have.and_then(|v| number(v)),
+                values.first().and_then(|b| number(b)),
+            ) else {
+                return false;
+            };
+            if r.operator == "Gt" {
+                v > bound
+            } else {
+                v < bound
+            }
+        }
+        _ => false,
+    }
+}
+
+/// Whether a node selector term holds: its label expressions, and its `metadata.name` field expressions.
+pub fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
+    let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
+    let fields = t.match_fields.as_deref().unwrap_or(&[]);
+    if exprs.is_empty() && fields.is_empty() {
+        // An empty term matches nothing.
+        return false;
+    }
+    let name_labels =
+        std::collections::BTreeMap::from([("metadata.name".to_string(), node.name.to_string())]);
+    exprs.iter().all(|r| requirement_holds(r, &node.labels))
+        && fields.iter().all(|r| requirement_holds(r, &name_labels))
+}
+
+/// Whether the pod's `nodeSelector` and required node affinity admit `node`.
+pub fn node_matches(pod: &PodInfo, node: &NodeInfo) -> bool {
+    let p = pod.pending();
+    if !p
+        .node_selector
+        .iter()
+        .all(|(k, v)| node.labels.get(k) == Some(v))
+    {
+        return false;
+    }
+    match p.node_affinity.as_ref().and_then(|a| {
+        a.required_during_scheduling_ignored_during_execution
+            .as_ref()
+    }) {
+        Some(sel) => sel
+            .node_selector_terms
+            .iter()
+            .any(|t| term_matches(t, node)),
+        None => true,
+    }
+}
+
+#[derive(Debug)]
+pub struct NodeAffinity;
+
+impl Plugin for NodeAffinity {
+    fn name(&self) -> &'static str {
+        "NodeAffinity"
+    }
+    fn points(&self) -> u32 {
+        point::PRE_FILTER | point::FILTER | point::PRE_SCORE | point::SCORE
+    }
+    fn events(&self) -> &'static [Event] {
+        NODE_EVENTS
+    }
+    fn filter(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        if node_matches(pod, node) {
+            Status::success()
+        } else {
+            Status::unresolvable("node(s) didn't match Pod's node affinity/selector")
+        }
+    }
+    fn score(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> i64 {
+        pod.pending()
+            .node_affinity
+            .as_ref()
+            .and_then(|a| {
+                a.preferred_during_scheduling_ignored_during_execution
+                    .as_ref()
+            })
+            .into_iter()
+            .flatten()
+            .filter(|p| p.weight != 0 && term_matches(&p.preference, node))
+            .map(|p| i64::from(p.weight))
+            .sum()
+    }
+    fn normalize(&self, _: &CycleState, _: &[&NodeInfo], scores: &mut [i64]) {
+        default_normalize(MAX_NODE_SCORE, false, scores);
+    }
+}
+
+#[derive(Debug)]
+pub struct NodePorts;
+
+impl Plugin for NodePorts {
+    fn name(&self) -> &'static str {
+        "NodePorts"
+    }
+    fn points(&self) -> u32 {
+        point::PRE_FILTER | point::FILTER
+    }
+    fn events(&self) -> &'static [Event] {
+        &[Event::NodeAdd, Event::AssignedPodDelete]
+    }
+    fn filter(&self, _: &Cache, _: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
+        let taken = pod
+            .host_ports
+            .iter()
+            .any(|want| node.ports.iter().any(|have| have.conflicts(want)));
+        if taken {
+            Status::unschedulable("node(s) didn't have free ports for the requested pod ports")
+        } else {
+            Status::success()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::NodeSelectorRequirement;
+
+    #[test]
+    fn node_selector_operators() {
+        let labels = std::collections::BTreeMap::from([
+            ("zone".to_string(), "a".to_string()),
+            ("cores".to_string(), "8".to_string()),
+        ]);
+        let req = |key: &str, op: &str, values: &[&str]| NodeSelectorRequirement {
+            key: key.into(),
+            operator: op.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        };
+        assert!(requirement_holds(&req("zone", "In", &["a", "b"]), &labels));
+        assert!(!requirement_holds(&req("zone", "NotIn", &["a"]), &labels));
+        assert!(requirement_holds(&req("cores", "Gt", &["4"]), &labels));
+        assert!(!requirement_holds(&req("cores", "Lt", &["4"]), &labels));
+        assert!(requirement_holds(&req("gpu", "DoesNotExist", &[]), &labels));
+    }
+}
