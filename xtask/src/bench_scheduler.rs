@@ -338,7 +338,8 @@ fn samples<'a>(
 
 /// The sum of the samples named `name` carrying the labels `want` (0 when there are none).
 fn sum_samples(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    samples(text, name, want).map(|(_, v)| v).sum()
+    // A fold from +0.0: `sum()` of no samples is -0.0.
+    samples(text, name, want).fold(0.0, |acc, (_, v)| acc + v)
 }
 
 /// The cumulative buckets (upper bound, count) of histogram `name` over its series carrying the labels

@@ -124,6 +124,9 @@ pub struct Cache {
     pub classes: HashMap<String, Arc<StorageClass>>,
     /// Services, ReplicationControllers, ReplicaSets and StatefulSets by (kind, namespace, name).
     pub selecting: HashMap<(&'static str, String, String), Selecting>,
+    /// PodDisruptionBudgets by (namespace, name): selector and `status.disruptionsAllowed` (preemption
+    /// prefers victims whose eviction breaks none).
+    pub budgets: HashMap<(String, String), (LabelSelector, i32)>,
     /// Pending pods nominated to a node by preemption: node → pods.
     pub nominated: HashMap<Arc<str>, Vec<Arc<PodInfo>>>,
     /// Where the last search stopped (upstream's `nextStartNodeIndex`).

@@ -1,6 +1,6 @@
 //! The watches that feed the scheduler: pods (pending ones to the queue, bound ones to the cache),
-//! nodes, namespaces' labels, claims, volumes and storage classes, and the Services and controllers
-//! whose selectors default spreading reads. Each change that could help a rejected pod moves it.
+//! nodes, namespaces' labels, claims, volumes and storage classes, the Services and controllers
+//! whose selectors default spreading reads, and PodDisruptionBudgets (for preemption). Each change that could help a rejected pod moves it.
 
 use std::collections::HashSet;
 use std::fmt::Debug;
@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{
     Namespace, Node, PersistentVolume, PersistentVolumeClaim, ReplicationController, Service,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Resource;
@@ -292,6 +293,27 @@ impl<K: Resource + Send + Sync + 'static> Handler<K> for Storage<K> {
     }
 }
 
+/// PodDisruptionBudgets: selector and allowed disruptions (preemption's preference).
+struct Budgets;
+
+impl Handler<PodDisruptionBudget> for Budgets {
+    fn apply(&mut self, s: &Scheduler, b: PodDisruptionBudget) {
+        let id = (
+            b.metadata.namespace.clone().unwrap_or_default(),
+            b.metadata.name.clone().unwrap_or_default(),
+        );
+        let selector = b.spec.and_then(|s| s.selector).unwrap_or_default();
+        let allowed = b.status.map_or(0, |s| s.disruptions_allowed);
+        s.cache.lock().budgets.insert(id, (selector, allowed));
+    }
+    fn delete(&mut self, s: &Scheduler, b: PodDisruptionBudget) {
+        s.cache.lock().budgets.remove(&(
+            b.metadata.namespace.unwrap_or_default(),
+            b.metadata.name.unwrap_or_default(),
+        ));
+    }
+}
+
 /// Services and controllers: only their selectors.
 struct Selectors<K> {
     kind: &'static str,
@@ -401,6 +423,7 @@ pub async fn start(s: &Arc<Scheduler>, shutdown: &CancellationToken) {
             selector: |o| o.spec.as_ref().map(|s| s.selector.clone()),
         }
     );
+    watch!(Api::<PodDisruptionBudget>::all(c.clone()), cfg(), Budgets);
     // Pods last, so the first pending pods meet nodes and storage already cached.
     for _ in 0..n {
         rx.recv().await;

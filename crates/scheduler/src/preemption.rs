@@ -17,6 +17,41 @@ pub struct Candidate {
     pub node: Arc<str>,
     /// Most important first.
     pub victims: Vec<Arc<PodInfo>>,
+    /// Victims whose deletion goes past a PodDisruptionBudget.
+    pub budget_violations: usize,
+}
+
+/// Splits `pods` (most important first) into those whose deletion would take a PodDisruptionBudget
+/// below zero allowed disruptions and the rest, counting each deletion against the budgets it touches
+/// (upstream's `filterPodsWithPDBViolation`).
+fn split_by_budget(
+    cache: &Cache,
+    pods: Vec<Arc<PodInfo>>,
+) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
+    let mut allowed: std::collections::HashMap<&(String, String), i32> =
+        cache.budgets.iter().map(|(k, (_, a))| (k, *a)).collect();
+    let (mut violating, mut fine) = (Vec::new(), Vec::new());
+    for p in pods {
+        let mut breaks = false;
+        for (key, (selector, _)) in &cache.budgets {
+            if key.0.as_str() != &*p.namespace
+                || !k3rs_common::selector::matches(selector, &p.labels)
+            {
+                continue;
+            }
+            let left = allowed.entry(key).or_insert(0);
+            *left -= 1;
+            if *left < 0 {
+                breaks = true;
+            }
+        }
+        if breaks {
+            violating.push(p);
+        } else {
+            fine.push(p);
+        }
+    }
+    (violating, fine)
 }
 
 /// `0/N nodes are available: <count> <reason>, ….` with reasons sorted as strings (upstream's FitError).
@@ -40,7 +75,7 @@ fn victims_on(
     state: &mut CycleState,
     pod: &PodInfo,
     node: &NodeInfo,
-) -> Result<Vec<Arc<PodInfo>>, Status> {
+) -> Result<(Vec<Arc<PodInfo>>, usize), Status> {
     let mut lower: Vec<Arc<PodInfo>> = node
         .pods
         .iter()
@@ -65,17 +100,24 @@ fn victims_on(
     }
     let fits = run_filters(profile, cache, state, pod, &trial);
     let mut victims = Vec::new();
+    let mut violations = 0;
     if fits.is_success() {
-        // Give back the most important first while the pod still fits.
-        for v in &lower {
-            trial.add_pod(v.clone());
-            adjust(state, &trial, v, true);
-            if !run_filters(profile, cache, state, pod, &trial).is_success() {
-                trial.remove_pod(&v.uid);
-                adjust(state, &trial, v, false);
-                victims.push(v.clone());
+        // Give back the most important first while the pod still fits: those protected by a budget
+        // before the others.
+        let (violating, fine) = split_by_budget(cache, lower.clone());
+        for (group, breaks) in [(violating, true), (fine, false)] {
+            for v in group {
+                trial.add_pod(v.clone());
+                adjust(state, &trial, &v, true);
+                if !run_filters(profile, cache, state, pod, &trial).is_success() {
+                    trial.remove_pod(&v.uid);
+                    adjust(state, &trial, &v, false);
+                    violations += usize::from(breaks);
+                    victims.push(v);
+                }
             }
         }
+        victims.sort_by(|a, b| importance(a, b));
     }
     // Put the state back as it was.
     let still_out: Vec<&Arc<PodInfo>> = if fits.is_success() {
@@ -89,10 +131,12 @@ fn victims_on(
     if !fits.is_success() {
         return Err(fits);
     }
-    Ok(victims)
+    Ok((victims, violations))
 }
 
-/// Picks the candidate whose victims matter least (upstream's `pickOneNodeForPreemption`).
+/// Picks the candidate whose victims matter least (upstream's `pickOneNodeForPreemption`): fewest
+/// budget violations, then the lowest highest priority, lowest priority sum, fewest victims, and the
+/// latest-started most important victims.
 fn pick(mut cands: Vec<Candidate>) -> Option<Candidate> {
     let key = |c: &Candidate| {
         let highest = c.victims.first().map_or(i32::MIN, |v| v.priority);
@@ -109,7 +153,13 @@ fn pick(mut cands: Vec<Candidate>) -> Option<Candidate> {
             .map(|v| v.start_time)
             .min()
             .unwrap_or(i64::MAX);
-        (highest, sum, c.victims.len(), std::cmp::Reverse(earliest))
+        (
+            c.budget_violations,
+            highest,
+            sum,
+            c.victims.len(),
+            std::cmp::Reverse(earliest),
+        )
     };
     cands.sort_by_key(|c| key(c));
     cands.into_iter().next()
@@ -151,9 +201,10 @@ pub fn preempt(
             continue;
         };
         match victims_on(cache, profile, state, pod, node) {
-            Ok(victims) => cands.push(Candidate {
+            Ok((victims, budget_violations)) => cands.push(Candidate {
                 node: name.clone(),
                 victims,
+                budget_violations,
             }),
             Err(s) => {
                 for r in s.reasons {

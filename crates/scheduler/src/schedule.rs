@@ -427,4 +427,46 @@ mod tests {
         assert_eq!(c.victims.len(), 1);
         assert_eq!(&*c.victims[0].uid, "low-b");
     }
+
+    #[test]
+    fn preemption_spares_pods_a_disruption_budget_protects() {
+        let mut cache = Cache::default();
+        cache.set_node(&node("a", "2", json!({})));
+        cache.set_node(&node("b", "2", json!({})));
+        let profile = &Config::default().profiles[0];
+        for (n, name, app) in [("a", "low-a", "guarded"), ("b", "low-b", "free")] {
+            let mut p = pod(
+                name,
+                json!({"priority": 5, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
+            );
+            p.labels.insert("app".into(), app.into());
+            p.node_name = Some(n.into());
+            cache.set_bound_pod(&p);
+        }
+        // Without a budget the two nodes tie on everything but start time; with one, b wins.
+        cache.budgets.insert(
+            ("default".into(), "guard".into()),
+            (
+                serde_json::from_value(json!({"matchLabels": {"app": "guarded"}})).unwrap(),
+                0,
+            ),
+        );
+        for _ in 0..8 {
+            let (o, _) = schedule_one(
+                &mut cache,
+                profile,
+                &pod("high", json!({"priority": 100})),
+                &mut Rng::new(),
+            );
+            let Outcome::Unschedulable {
+                preemption: Some(c),
+                ..
+            } = o
+            else {
+                panic!("{o:?}")
+            };
+            assert_eq!(&*c.node, "b");
+            assert_eq!(c.budget_violations, 0);
+        }
+    }
 }
