@@ -146,8 +146,9 @@ async fn anti_affinity(mut env: Env) -> Result<()> {
         )
         .await?;
     }
-    // Let any backoff of the refused pods run out (upstream: at most 10 s, 1 s doubling per attempt).
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let any backoff of the refused pods run out (upstream's: 1 s doubling per attempt up to 10 s;
+    // events such as the other pods' bindings may have retried them a few times).
+    tokio::time::sleep(Duration::from_secs(11)).await;
 
     let created = Instant::now();
     env.create_node(&node("aa-6", "4", "8Gi")).await?;
