@@ -31,6 +31,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     ("procps", "ps/kill, to stop fixtures by PID"),
     (
+        "containerd",
+        "the container runtime the kubelet drives over CRI (its own instance, never the system's)",
+    ),
+    ("runc", "the OCI runtime containerd starts containers with"),
+    (
         "tzdata",
         "the time-zone database CronJobs' timeZone is read from",
     ),

@@ -1,0 +1,7 @@
+//! k3rs-kubelet: runs the pods bound to its node on containerd through CRI. So far the groundwork: the
+//! agent's supervised containerd (`containerd`) and the CRI v1 client (`cri`); the pod workers, node
+//! registration and the kubelet API follow (issue 7).
+#![forbid(unsafe_code)]
+
+pub mod containerd;
+pub mod cri;
