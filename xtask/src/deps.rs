@@ -36,6 +36,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     ("runc", "the OCI runtime containerd starts containers with"),
     (
+        "busybox-static",
+        "the static busybox `cargo xtask images` builds the busybox test image from",
+    ),
+    (
         "tzdata",
         "the time-zone database CronJobs' timeZone is read from",
     ),

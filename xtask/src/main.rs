@@ -9,6 +9,7 @@ mod codegen;
 mod deps;
 mod fixtures;
 mod guard;
+mod images;
 mod test;
 mod util;
 
@@ -25,6 +26,8 @@ commands:
   cluster-up [--datastore sqlite|postgres|mysql]
                           start what exists of a cluster (today: kine and the apiserver), print the kubeconfig
   cluster-down            stop what cluster-up started
+  images                  build the pause and busybox images as OCI tarballs under target/images/
+                          (the air-gap form a node imports from <data-dir>/agent/images/)
   codegen                 regenerate crates/apiserver/src/schema/k8s.schema from k8s-pb and k8s-openapi
   fixtures                start PostgreSQL and MariaDB for running tests by hand; prints the env to export";
 
@@ -48,6 +51,7 @@ fn run() -> Result<()> {
         "bench" => bench::run(rest),
         "cluster-up" => cluster::up(rest),
         "cluster-down" => cluster::down(),
+        "images" => images::build(),
         "codegen" => codegen::run(),
         "fixtures" => fixtures::interactive(),
         "help" | "-h" | "--help" => {

@@ -39,6 +39,7 @@ pub fn run(filters: &[String]) -> Result<()> {
         util::run(util::cargo().args(["build", "--workspace", "--bins"]))?;
         util::run(nextest().args(["--no-run"]))
     })?;
+    phase("images", &mut crate::images::build)?;
 
     let guard = Guard::install()?;
     let fixtures = Fixtures::start()?;

@@ -30,6 +30,21 @@ pub struct Settings {
     pub cni_conf_dir: PathBuf,
     /// Where exec/attach/port-forward streams are served (loopback; port 0 picks one).
     pub stream_port: u16,
+    /// containerd's `restrict_oom_score_adj`: clamp containers' OOM scores to containerd's own, for
+    /// hosts where lowering a score is not allowed (no CAP_SYS_RESOURCE: some VMs and rootless).
+    pub restrict_oom_score_adj: bool,
+}
+
+/// Whether this process may lower OOM scores (CAP_SYS_RESOURCE, bit 24 of `CapEff`).
+pub fn can_lower_oom_score() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
 impl Settings {
@@ -45,6 +60,7 @@ impl Settings {
             sandbox_image: sandbox_image.into(),
             cni_bin_dir: "/usr/lib/cni".into(),
             stream_port: 0,
+            restrict_oom_score_adj: !can_lower_oom_score(),
         }
     }
 
@@ -98,6 +114,7 @@ state = {state}
   stream_server_port = "{stream_port}"
   enable_unprivileged_ports = true
   enable_unprivileged_icmp = true
+  restrict_oom_score_adj = {restrict_oom}
 
 [plugins."io.containerd.grpc.v1.cri".containerd]
   snapshotter = "overlayfs"
@@ -119,6 +136,7 @@ state = {state}
         socket = p(&s.socket),
         sandbox = toml_str(&s.sandbox_image),
         stream_port = s.stream_port,
+        restrict_oom = s.restrict_oom_score_adj,
         cni_bin = p(&s.cni_bin_dir),
         cni_conf = p(&s.cni_conf_dir),
     )
@@ -218,6 +236,11 @@ impl Supervisor {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
+        if s.restrict_oom_score_adj {
+            tracing::info!(
+                "no CAP_SYS_RESOURCE: containers' OOM scores are clamped to containerd's"
+            );
+        }
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             binary: s.binary.clone(),
             source,

@@ -21,6 +21,262 @@ fn alive(pid: u32) -> bool {
         .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|st| st != "Z"))
 }
 
+/// The image tarballs `cargo xtask images` builds (the test run builds them first).
+fn image_tarballs() -> Vec<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/images");
+    let files: Vec<_> = ["pause.tar", "busybox.tar"]
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
+    for f in &files {
+        assert!(
+            f.exists(),
+            "{} is missing: run `cargo xtask images` (cargo xtask test does)",
+            f.display()
+        );
+    }
+    files
+}
+
+#[test]
+fn built_images_import_under_their_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(
+        dir.path(),
+        &dir.path().join("run"),
+        "docker.io/rancher/mirrored-pause:3.6",
+    );
+    runtime().block_on(async {
+        let mut sup = Supervisor::start(settings.clone())
+            .await
+            .expect("containerd");
+        let result = async {
+            for tar in image_tarballs() {
+                // containerd 1.6 has no CRI import: its own client imports (as K3s's air-gap loader).
+                let out = std::process::Command::new("ctr")
+                    .arg("--address")
+                    .arg(&settings.socket)
+                    .args(["-n", "k8s.io", "images", "import"])
+                    .arg(&tar)
+                    .output()?;
+                if !out.status.success() {
+                    bail!(
+                        "ctr import {}: {}",
+                        tar.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+            let mut cri = Cri::connect(&settings.endpoint()).await?;
+            for name in [
+                "docker.io/rancher/mirrored-pause:3.6",
+                "docker.io/library/busybox:1.35",
+            ] {
+                let status = cri
+                    .images
+                    .image_status(k3rs_kubelet::cri::api::ImageStatusRequest {
+                        image: Some(k3rs_kubelet::cri::api::ImageSpec {
+                            image: name.into(),
+                            ..Default::default()
+                        }),
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner();
+                let image = status
+                    .image
+                    .ok_or_else(|| anyhow::anyhow!("CRI does not know {name}"))?;
+                if !image.repo_tags.iter().any(|t| t == name) {
+                    bail!("{name}: tags {:?}", image.repo_tags);
+                }
+                if image.size == 0 {
+                    bail!("{name}: size 0");
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        sup.stop().await;
+        result.expect("importing the built images");
+    });
+}
+
+/// Imports the built images into the supervised containerd with its own client (containerd 1.6 has
+/// no CRI import; K3s's air-gap loader uses the client library the same way).
+fn import_images(settings: &Settings) -> anyhow::Result<()> {
+    for tar in image_tarballs() {
+        let out = std::process::Command::new("ctr")
+            .arg("--address")
+            .arg(&settings.socket)
+            .args(["-n", "k8s.io", "images", "import"])
+            .arg(&tar)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "ctr import {}: {}",
+                tar.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_host_network_sandbox_runs_busybox_to_completion() {
+    use k3rs_kubelet::cri::api;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(
+        dir.path(),
+        &dir.path().join("run"),
+        "docker.io/rancher/mirrored-pause:3.6",
+    );
+    let logs = dir.path().join("pods/p1");
+    std::fs::create_dir_all(&logs).expect("log dir");
+    runtime().block_on(async {
+        let mut sup = Supervisor::start(settings.clone())
+            .await
+            .expect("containerd");
+        let mut sandbox_id = None;
+        let result = async {
+            import_images(&settings)?;
+            let mut cri = Cri::connect(&settings.endpoint()).await?;
+            // The host's network: no CNI and nothing sent anywhere.
+            let config = api::PodSandboxConfig {
+                metadata: Some(api::PodSandboxMetadata {
+                    name: "p1".into(),
+                    uid: "uid-p1".into(),
+                    namespace: "default".into(),
+                    attempt: 0,
+                }),
+                // The host's UTS namespace comes with its network: no hostname of its own.
+                hostname: String::new(),
+                log_directory: logs.to_string_lossy().into_owned(),
+                linux: Some(api::LinuxPodSandboxConfig {
+                    cgroup_parent: "/k3rs-test".into(),
+                    security_context: Some(api::LinuxSandboxSecurityContext {
+                        namespace_options: Some(api::NamespaceOption {
+                            network: api::NamespaceMode::Node as i32,
+                            pid: api::NamespaceMode::Pod as i32,
+                            ipc: api::NamespaceMode::Pod as i32,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let id = cri
+                .runtime
+                .run_pod_sandbox(api::RunPodSandboxRequest {
+                    config: Some(config.clone()),
+                    runtime_handler: String::new(),
+                })
+                .await?
+                .into_inner()
+                .pod_sandbox_id;
+            sandbox_id = Some(id.clone());
+            let container = cri
+                .runtime
+                .create_container(api::CreateContainerRequest {
+                    pod_sandbox_id: id.clone(),
+                    config: Some(api::ContainerConfig {
+                        metadata: Some(api::ContainerMetadata {
+                            name: "hello".into(),
+                            attempt: 0,
+                        }),
+                        image: Some(api::ImageSpec {
+                            image: "docker.io/library/busybox:1.35".into(),
+                            ..Default::default()
+                        }),
+                        command: vec![
+                            "sh".into(),
+                            "-c".into(),
+                            "echo hello from $(id -un); exit 3".into(),
+                        ],
+                        log_path: "hello.log".into(),
+                        ..Default::default()
+                    }),
+                    sandbox_config: Some(config),
+                })
+                .await?
+                .into_inner()
+                .container_id;
+            cri.runtime
+                .start_container(api::StartContainerRequest {
+                    container_id: container.clone(),
+                })
+                .await?;
+            let start = Instant::now();
+            let status = loop {
+                let s = cri
+                    .runtime
+                    .container_status(api::ContainerStatusRequest {
+                        container_id: container.clone(),
+                        verbose: false,
+                    })
+                    .await?
+                    .into_inner()
+                    .status
+                    .ok_or_else(|| anyhow::anyhow!("no container status"))?;
+                if s.state == api::ContainerState::ContainerExited as i32 {
+                    break s;
+                }
+                if start.elapsed() > Duration::from_secs(30) {
+                    bail!("the container did not exit: {s:?}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if status.exit_code != 3 {
+                bail!("exit code {} (want 3): {status:?}", status.exit_code);
+            }
+            // CRI's log format: `<time> stdout F <line>`.
+            let log = std::fs::read_to_string(logs.join("hello.log"))?;
+            if !log.lines().any(|l| l.contains(" stdout F hello from root")) {
+                bail!("log: {log:?}");
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        // The sandbox's pause exits on SIGTERM at once; everything is removed, mounts included.
+        if let Some(id) = sandbox_id
+            && let Ok(mut cri) = Cri::connect(&settings.endpoint()).await
+        {
+            let t = Instant::now();
+            let stopped = cri
+                .runtime
+                .stop_pod_sandbox(api::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                })
+                .await;
+            let removed = cri
+                .runtime
+                .remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: id })
+                .await;
+            assert!(
+                stopped.is_ok() && removed.is_ok(),
+                "{stopped:?} {removed:?}"
+            );
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "stopping the sandbox took {:?}: pause ignored SIGTERM?",
+                t.elapsed()
+            );
+        }
+        sup.stop().await;
+        if let Err(e) = result {
+            let log = std::fs::read_to_string(dir.path().join("agent/containerd/containerd.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            panic!(
+                "running busybox in a sandbox: {e:#}\ncontainerd log (newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+    });
+}
+
 #[test]
 fn supervised_containerd_answers_cri_and_comes_back_after_dying() {
     let dir = tempfile::tempdir().expect("tempdir");
