@@ -51,22 +51,17 @@ fn built_images_import_under_their_names() {
             .await
             .expect("containerd");
         let result = async {
-            for tar in image_tarballs() {
-                // containerd 1.6 has no CRI import: its own client imports (as K3s's air-gap loader).
-                let out = std::process::Command::new("ctr")
-                    .arg("--address")
-                    .arg(&settings.socket)
-                    .args(["-n", "k8s.io", "images", "import"])
-                    .arg(&tar)
-                    .output()?;
-                if !out.status.success() {
-                    bail!(
-                        "ctr import {}: {}",
-                        tar.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                }
+            let names = import_images(&settings).await?;
+            if names
+                != [
+                    "docker.io/rancher/mirrored-pause:3.6",
+                    "docker.io/library/busybox:1.35",
+                ]
+            {
+                bail!("imported {names:?}");
             }
+            // Importing the same tarballs again changes nothing and does not fail.
+            import_images(&settings).await?;
             let mut cri = Cri::connect(&settings.endpoint()).await?;
             for name in [
                 "docker.io/rancher/mirrored-pause:3.6",
@@ -101,25 +96,14 @@ fn built_images_import_under_their_names() {
     });
 }
 
-/// Imports the built images into the supervised containerd with its own client (containerd 1.6 has
-/// no CRI import; K3s's air-gap loader uses the client library the same way).
-fn import_images(settings: &Settings) -> anyhow::Result<()> {
+/// Imports the built images into the supervised containerd as the agent's air-gap loader does
+/// (containerd's content and images services; CRI unpacks on first use).
+async fn import_images(settings: &Settings) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
     for tar in image_tarballs() {
-        let out = std::process::Command::new("ctr")
-            .arg("--address")
-            .arg(&settings.socket)
-            .args(["-n", "k8s.io", "images", "import"])
-            .arg(&tar)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "ctr import {}: {}",
-                tar.display(),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        names.extend(k3rs_kubelet::images::import(&settings.socket, &tar).await?);
     }
-    Ok(())
+    Ok(names)
 }
 
 #[test]
@@ -139,7 +123,7 @@ fn a_host_network_sandbox_runs_busybox_to_completion() {
             .expect("containerd");
         let mut sandbox_id = None;
         let result = async {
-            import_images(&settings)?;
+            import_images(&settings).await?;
             let mut cri = Cri::connect(&settings.endpoint()).await?;
             // The host's network: no CNI and nothing sent anywhere.
             let config = api::PodSandboxConfig {
@@ -274,6 +258,77 @@ fn a_host_network_sandbox_runs_busybox_to_completion() {
                 tail.join("\n")
             );
         }
+    });
+}
+
+#[test]
+fn tarballs_dropped_into_the_images_dir_are_imported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = Settings::new(
+        dir.path(),
+        &dir.path().join("run"),
+        "docker.io/rancher/mirrored-pause:3.6",
+    );
+    let images_dir = dir.path().join("agent/images");
+    std::fs::create_dir_all(&images_dir).expect("images dir");
+    let tars = image_tarballs();
+    // One is there at start, the other arrives later.
+    std::fs::copy(&tars[0], images_dir.join("pause.tar")).expect("copy");
+    runtime().block_on(async {
+        let mut sup = Supervisor::start(settings.clone())
+            .await
+            .expect("containerd");
+        let shutdown = CancellationToken::new();
+        let loader = tokio::spawn(k3rs_kubelet::images::preload(
+            settings.socket.clone(),
+            images_dir.clone(),
+            Duration::from_millis(200),
+            shutdown.clone(),
+        ));
+        let result = async {
+            let cri = Cri::connect(&settings.endpoint()).await?;
+            let known = |name: &'static str| {
+                let mut cri = cri.clone();
+                async move {
+                    let status = cri
+                        .images
+                        .image_status(k3rs_kubelet::cri::api::ImageStatusRequest {
+                            image: Some(k3rs_kubelet::cri::api::ImageSpec {
+                                image: name.into(),
+                                ..Default::default()
+                            }),
+                            verbose: false,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok::<_, anyhow::Error>(status.image.is_some())
+                }
+            };
+            let start = Instant::now();
+            while !known("docker.io/rancher/mirrored-pause:3.6").await? {
+                if start.elapsed() > Duration::from_secs(20) {
+                    bail!("the tarball present at start was not imported");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if known("docker.io/library/busybox:1.35").await? {
+                bail!("busybox known before its tarball arrived");
+            }
+            std::fs::copy(&tars[1], images_dir.join("busybox.tar"))?;
+            let start = Instant::now();
+            while !known("docker.io/library/busybox:1.35").await? {
+                if start.elapsed() > Duration::from_secs(20) {
+                    bail!("the tarball added later was not imported");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        shutdown.cancel();
+        let _ = loader.await;
+        sup.stop().await;
+        result.expect("the air-gap preload");
     });
 }
 

@@ -1,0 +1,557 @@
+//! Air-gap image import, as K3s preloads `<data-dir>/agent/images/*.tar`: an OCI image-layout tarball is
+//! streamed into containerd's content store and its images are created, through containerd's own gRPC
+//! services (CRI has no import call in containerd 1.6), under a lease so nothing is collected half-way,
+//! with the garbage-collection labels that keep a manifest's config and layers. The CRI plugin sees
+//! the images through containerd's events and unpacks them on first use.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use containerd_client::services::v1::content_client::ContentClient;
+use containerd_client::services::v1::images_client::ImagesClient;
+use containerd_client::services::v1::leases_client::LeasesClient;
+use containerd_client::services::v1::{
+    CreateImageRequest, CreateRequest, DeleteRequest, Image, InfoRequest, UpdateImageRequest,
+    WriteAction, WriteContentRequest,
+};
+use containerd_client::types::Descriptor;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+/// The containerd namespace the CRI plugin keeps Kubernetes' images in.
+pub const NAMESPACE: &str = "k8s.io";
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("containerd {call}: {status}")]
+    Call {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    #[error("connecting to containerd at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+/// A regular file inside the tarball: where its data starts and how long it is.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    offset: u64,
+    size: u64,
+}
+
+fn octal(field: &[u8]) -> u64 {
+    let s: String = field
+        .iter()
+        .take_while(|b| **b != 0)
+        .map(|b| *b as char)
+        .collect();
+    u64::from_str_radix(s.trim(), 8).unwrap_or(0)
+}
+
+fn text(field: &[u8]) -> String {
+    String::from_utf8_lossy(&field[..field.iter().position(|b| *b == 0).unwrap_or(field.len())])
+        .into_owned()
+}
+
+/// The regular files of a tar archive by path (ustar, with PAX `path` and GNU long names).
+fn index_tar(file: &mut std::fs::File) -> std::io::Result<HashMap<String, Member>> {
+    let mut out = HashMap::new();
+    let mut pos = 0u64;
+    let mut long_name: Option<String> = None;
+    loop {
+        let mut h = [0u8; 512];
+        file.seek(SeekFrom::Start(pos))?;
+        if file.read_exact(&mut h).is_err() || h.iter().all(|b| *b == 0) {
+            break;
+        }
+        let size = octal(&h[124..136]);
+        let data = pos + 512;
+        let kind = h[156];
+        let mut name = text(&h[0..100]);
+        let prefix = text(&h[345..500]);
+        if &h[257..262] == b"ustar" && !prefix.is_empty() {
+            name = format!("{prefix}/{name}");
+        }
+        match kind {
+            b'x' | b'L' => {
+                let mut buf = vec![0u8; size as usize];
+                file.seek(SeekFrom::Start(data))?;
+                file.read_exact(&mut buf)?;
+                let body = String::from_utf8_lossy(&buf);
+                long_name = if kind == b'L' {
+                    Some(body.trim_end_matches('\0').to_string())
+                } else {
+                    // PAX records: "<len> path=<value>\n".
+                    body.lines()
+                        .find_map(|l| {
+                            l.split_once(' ')
+                                .and_then(|(_, kv)| kv.strip_prefix("path="))
+                        })
+                        .map(str::to_string)
+                };
+            }
+            b'0' | 0 => {
+                let name = long_name.take().unwrap_or(name);
+                let name = name.trim_start_matches("./").to_string();
+                out.insert(name, Member { offset: data, size });
+            }
+            _ => long_name = None,
+        }
+        pos = data + size.div_ceil(512) * 512;
+    }
+    Ok(out)
+}
+
+fn read_member(file: &mut std::fs::File, m: Member) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; m.size as usize];
+    file.seek(SeekFrom::Start(m.offset))?;
+    file.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+fn with_headers<T>(msg: T, lease: Option<&str>) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert(
+        "containerd-namespace",
+        NAMESPACE.parse().expect("ascii namespace"),
+    );
+    if let Some(l) = lease.and_then(|l| l.parse().ok()) {
+        md.insert("containerd-lease", l);
+    }
+    req
+}
+
+/// The garbage-collection labels of a manifest or index: what it references.
+fn gc_labels(blob: &[u8]) -> HashMap<String, String> {
+    let mut labels = HashMap::new();
+    let Ok(v) = serde_json::from_slice::<Value>(blob) else {
+        return labels;
+    };
+    if let Some(d) = v["config"]["digest"].as_str() {
+        labels.insert("containerd.io/gc.ref.content.config".into(), d.into());
+    }
+    for (i, l) in v["layers"].as_array().into_iter().flatten().enumerate() {
+        if let Some(d) = l["digest"].as_str() {
+            labels.insert(format!("containerd.io/gc.ref.content.l.{i}"), d.into());
+        }
+    }
+    for (i, m) in v["manifests"].as_array().into_iter().flatten().enumerate() {
+        if let Some(d) = m["digest"].as_str() {
+            labels.insert(format!("containerd.io/gc.ref.content.m.{i}"), d.into());
+        }
+    }
+    labels
+}
+
+/// Imports one OCI image-layout tarball; returns the names of the images created or updated.
+pub async fn import(socket: &Path, tarball: &Path) -> Result<Vec<String>, Error> {
+    let path = tarball.to_path_buf();
+    let read_err = |source| Error::Read {
+        path: path.clone(),
+        source,
+    };
+    let format = |message: String| Error::Format {
+        path: path.clone(),
+        message,
+    };
+    let mut file = std::fs::File::open(tarball).map_err(read_err)?;
+    let members = index_tar(&mut file).map_err(read_err)?;
+    let Some(index) = members.get("index.json") else {
+        let what = if members.contains_key("manifest.json") {
+            "a docker-archive (`docker save`) tarball: only OCI image layouts are imported so far"
+        } else {
+            "no index.json: not an OCI image layout"
+        };
+        return Err(format(what.into()));
+    };
+    let index: Value = serde_json::from_slice(&read_member(&mut file, *index).map_err(read_err)?)
+        .map_err(|e| format(format!("index.json: {e}")))?;
+    let channel = containerd_client::connect(socket)
+        .await
+        .map_err(|source| Error::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })?;
+    let mut leases = LeasesClient::new(channel.clone());
+    let lease_id = format!(
+        "k3rs-import-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    leases
+        .create(with_headers(
+            CreateRequest {
+                id: lease_id.clone(),
+                labels: HashMap::new(),
+            },
+            None,
+        ))
+        .await
+        .map_err(|status| Error::Call {
+            call: "Leases.Create",
+            status,
+        })?;
+    let result = import_with_lease(&channel, &mut file, &members, &index, &lease_id, &path).await;
+    // A synchronous delete runs containerd's garbage collection now: what survives is referenced by
+    // an image (through the labels above), so a broken reference shows at import, not at first use.
+    let _ = leases
+        .delete(with_headers(
+            DeleteRequest {
+                id: lease_id,
+                sync: true,
+            },
+            None,
+        ))
+        .await;
+    result
+}
+
+async fn import_with_lease(
+    channel: &Channel,
+    file: &mut std::fs::File,
+    members: &HashMap<String, Member>,
+    index: &Value,
+    lease: &str,
+    path: &Path,
+) -> Result<Vec<String>, Error> {
+    let mut content = ContentClient::new(channel.clone());
+    let read_err = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Every blob, children before the manifests and indexes that reference them.
+    let blobs: Vec<(&String, &Member)> = members
+        .iter()
+        .filter(|(n, _)| n.starts_with("blobs/"))
+        .collect();
+    let mut parents = Vec::new();
+    for (name, member) in blobs {
+        let Some((algo, hex)) = name.strip_prefix("blobs/").and_then(|r| r.split_once('/')) else {
+            continue;
+        };
+        let digest = format!("{algo}:{hex}");
+        // Small JSON blobs may be manifests or indexes: written last, with their labels.
+        if member.size < (4 << 20) {
+            let data = read_member(file, *member).map_err(read_err)?;
+            let labels = gc_labels(&data);
+            if !labels.is_empty() {
+                parents.push((digest, data, labels));
+                continue;
+            }
+        }
+        write_blob(
+            &mut content,
+            file,
+            &digest,
+            *member,
+            HashMap::new(),
+            lease,
+            path,
+        )
+        .await?;
+    }
+    for (digest, data, labels) in parents {
+        let member = Member {
+            offset: 0,
+            size: data.len() as u64,
+        };
+        write_bytes(&mut content, &digest, &data, member, labels, lease).await?;
+    }
+    // Images: one per named entry of index.json.
+    let mut images = ImagesClient::new(channel.clone());
+    let mut names = Vec::new();
+    for m in index["manifests"].as_array().into_iter().flatten() {
+        let ann = &m["annotations"];
+        let name = ann["io.containerd.image.name"]
+            .as_str()
+            .or_else(|| {
+                ann["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .filter(|n| n.contains('/') || n.contains(':'))
+            })
+            .map(str::to_string);
+        let Some(name) = name else {
+            tracing::warn!(tarball = %path.display(), "an image without a name is skipped");
+            continue;
+        };
+        let target = Descriptor {
+            media_type: m["mediaType"].as_str().unwrap_or_default().into(),
+            digest: m["digest"].as_str().unwrap_or_default().into(),
+            size: m["size"].as_i64().unwrap_or(0),
+            annotations: ann
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect(),
+        };
+        let image = Image {
+            name: name.clone(),
+            labels: HashMap::new(),
+            target: Some(target),
+            created_at: None,
+            updated_at: None,
+        };
+        let created = images
+            .create(with_headers(
+                CreateImageRequest {
+                    image: Some(image.clone()),
+                    source_date_epoch: None,
+                },
+                Some(lease),
+            ))
+            .await;
+        match created {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                images
+                    .update(with_headers(
+                        UpdateImageRequest {
+                            image: Some(image),
+                            update_mask: None,
+                            source_date_epoch: None,
+                        },
+                        Some(lease),
+                    ))
+                    .await
+                    .map_err(|status| Error::Call {
+                        call: "Images.Update",
+                        status,
+                    })?;
+            }
+            Err(status) => {
+                return Err(Error::Call {
+                    call: "Images.Create",
+                    status,
+                });
+            }
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+async fn exists(content: &mut ContentClient<Channel>, digest: &str) -> bool {
+    content
+        .info(with_headers(
+            InfoRequest {
+                digest: digest.into(),
+            },
+            None,
+        ))
+        .await
+        .is_ok()
+}
+
+/// Streams one blob from the tarball into the content store (skipped when already there).
+async fn write_blob(
+    content: &mut ContentClient<Channel>,
+    file: &mut std::fs::File,
+    digest: &str,
+    member: Member,
+    labels: HashMap<String, String>,
+    lease: &str,
+    path: &Path,
+) -> Result<(), Error> {
+    if exists(content, digest).await {
+        return Ok(());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<WriteContentRequest>(4);
+    let reference = format!("k3rs-import-{digest}");
+    let mut f = file.try_clone().map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (d, r) = (digest.to_string(), reference.clone());
+    // A blocking reader feeds the stream a chunk at a time (layers may be large).
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        f.seek(SeekFrom::Start(member.offset))?;
+        let mut offset = 0u64;
+        loop {
+            let want = (member.size - offset).min(CHUNK as u64) as usize;
+            let mut buf = vec![0u8; want];
+            f.read_exact(&mut buf)?;
+            let last = offset + want as u64 >= member.size;
+            let msg = WriteContentRequest {
+                action: if last {
+                    WriteAction::Commit as i32
+                } else {
+                    WriteAction::Write as i32
+                },
+                r#ref: r.clone(),
+                total: member.size as i64,
+                expected: d.clone(),
+                offset: offset as i64,
+                data: buf,
+                labels: if last { labels.clone() } else { HashMap::new() },
+            };
+            offset += want as u64;
+            if tx.blocking_send(msg).is_err() || last {
+                return Ok(());
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let result = content.write(with_headers(stream, Some(lease))).await;
+    let outcome = match result {
+        Ok(resp) => {
+            let mut inbound = resp.into_inner();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => break Ok(()),
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => break Ok(()),
+                    Err(status) => {
+                        break Err(Error::Call {
+                            call: "Content.Write",
+                            status,
+                        });
+                    }
+                }
+            }
+        }
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(status) => Err(Error::Call {
+            call: "Content.Write",
+            status,
+        }),
+    };
+    match reader.await {
+        Ok(Ok(())) => outcome,
+        Ok(Err(source)) => Err(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+        Err(e) => Err(Error::Format {
+            path: path.to_path_buf(),
+            message: format!("reader task: {e}"),
+        }),
+    }
+}
+
+/// Writes a blob already in memory (a manifest or index, with its labels).
+async fn write_bytes(
+    content: &mut ContentClient<Channel>,
+    digest: &str,
+    data: &[u8],
+    member: Member,
+    labels: HashMap<String, String>,
+    lease: &str,
+) -> Result<(), Error> {
+    if exists(content, digest).await {
+        return Ok(());
+    }
+    let msg = WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref: format!("k3rs-import-{digest}"),
+        total: member.size as i64,
+        expected: digest.into(),
+        offset: 0,
+        data: data.to_vec(),
+        labels,
+    };
+    let stream = futures_util::stream::iter([msg]);
+    match content.write(with_headers(stream, Some(lease))).await {
+        Ok(resp) => {
+            let mut inbound = resp.into_inner();
+            loop {
+                match inbound.message().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Ok(()),
+                    Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+                    Err(status) => {
+                        return Err(Error::Call {
+                            call: "Content.Write",
+                            status,
+                        });
+                    }
+                }
+            }
+        }
+        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
+        Err(status) => Err(Error::Call {
+            call: "Content.Write",
+            status,
+        }),
+    }
+}
+
+/// K3s's air-gap preload: imports every `*.tar` in `dir` now and again whenever one is added or
+/// changed, until `shutdown`. A file that fails is reported and retried when it changes.
+pub async fn preload(
+    socket: PathBuf,
+    dir: PathBuf,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut seen: HashMap<PathBuf, (std::time::SystemTime, u64)> = HashMap::new();
+    loop {
+        let mut found: Vec<(PathBuf, (std::time::SystemTime, u64))> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "tar"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((e.path(), (m.modified().ok()?, m.len())))
+            })
+            .collect();
+        found.sort();
+        for (path, stamp) in found {
+            if seen.get(&path) == Some(&stamp) {
+                continue;
+            }
+            // A file still being copied in changes size between looks: wait until it holds still.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            let now = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            if now != Some(stamp) {
+                continue;
+            }
+            let start = std::time::Instant::now();
+            match import(&socket, &path).await {
+                Ok(names) => tracing::info!(file = %path.display(), images = ?names,
+                    took = ?start.elapsed(), "imported air-gap images"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "importing air-gap images failed")
+                }
+            }
+            seen.insert(path, stamp);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_reference_their_config_and_layers() {
+        let m = br#"{"config":{"digest":"sha256:c"},"layers":[{"digest":"sha256:l0"},{"digest":"sha256:l1"}]}"#;
+        let l = gc_labels(m);
+        assert_eq!(l["containerd.io/gc.ref.content.config"], "sha256:c");
+        assert_eq!(l["containerd.io/gc.ref.content.l.1"], "sha256:l1");
+        assert!(gc_labels(b"\x00binary").is_empty());
+    }
+}
