@@ -233,6 +233,8 @@ impl Supervisor {
             .arg(&s.state_dir)
             // Not systemd's child: never notify a socket we do not own.
             .env_remove("NOTIFY_SOCKET")
+            // Dropped without `stop` (a panic, a failed start): containerd goes too, containers stay.
+            .kill_on_drop(true)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);
