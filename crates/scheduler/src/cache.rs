@@ -53,8 +53,8 @@ impl NodeInfo {
 
     pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
         self.requested.add(&pod.requests);
-        self.non_zero.0 += pod.non_zero.0;
-        self.non_zero.1 += pod.non_zero.1;
+        self.non_zero.0 = self.non_zero.0.saturating_add(pod.non_zero.0);
+        self.non_zero.1 = self.non_zero.1.saturating_add(pod.non_zero.1);
         self.ports.extend(pod.host_ports.iter().cloned());
         if pod.has_affinity() {
             self.with_affinity += 1;
@@ -70,8 +70,8 @@ impl NodeInfo {
         let i = self.pods.iter().position(|p| &*p.uid == uid)?;
         let pod = self.pods.swap_remove(i);
         self.requested.sub(&pod.requests);
-        self.non_zero.0 -= pod.non_zero.0;
-        self.non_zero.1 -= pod.non_zero.1;
+        self.non_zero.0 = self.non_zero.0.saturating_sub(pod.non_zero.0);
+        self.non_zero.1 = self.non_zero.1.saturating_sub(pod.non_zero.1);
         for hp in &pod.host_ports {
             if let Some(j) = self.ports.iter().position(|p| p == hp) {
                 self.ports.swap_remove(j);
@@ -320,16 +320,24 @@ impl Cache {
         }
     }
 
-    /// A bound pod as the watch shows it (added, changed, or the echo of an assumed binding).
-    pub fn set_bound_pod(&mut self, pod: &PodInfo) {
+    /// A bound pod as the watch shows it (added, changed, or the echo of an assumed binding); whether
+    /// anything placement reads of it changed.
+    pub fn set_bound_pod(&mut self, pod: &PodInfo) -> bool {
         let Some(node) = pod.node_name.clone() else {
-            return;
+            return false;
         };
         let uid = pod.uid.clone();
+        let new = Arc::new(pod.bound_form());
+        let mut changed = true;
         if let Some(old) = self.pods.get(&uid).cloned() {
+            let before = self
+                .nodes
+                .get(&old.node)
+                .and_then(|n| n.pods.iter().find(|p| p.uid == uid).cloned());
+            changed = old.node != node || before.is_none_or(|b| *b != *new);
             self.unplace(&uid, &old.node);
         }
-        self.place(Arc::new(pod.bound_form()), &node);
+        self.place(new, &node);
         self.pods.insert(
             uid,
             Placed {
@@ -337,6 +345,7 @@ impl Cache {
                 assumed: false,
             },
         );
+        changed
     }
 
     /// A pod that is gone (deleted, finished); whether it held a place.
@@ -369,13 +378,18 @@ impl Cache {
 
     /// Records (or with `None` clears) a pending pod's nomination.
     pub fn nominate(&mut self, pod: &Arc<PodInfo>, node: Option<Arc<str>>) {
-        for list in self.nominated.values_mut() {
-            list.retain(|p| p.uid != pod.uid);
-        }
-        self.nominated.retain(|_, l| !l.is_empty());
+        self.clear_nomination(&pod.uid);
         if let Some(n) = node {
             self.nominated.entry(n).or_default().push(pod.clone());
         }
+    }
+
+    /// Forgets a pod's nomination (bound, assumed, gone, or preemption gave it up).
+    pub fn clear_nomination(&mut self, uid: &str) {
+        for list in self.nominated.values_mut() {
+            list.retain(|p| &*p.uid != uid);
+        }
+        self.nominated.retain(|_, l| !l.is_empty());
     }
 
     /// The node a pending pod is nominated to.

@@ -112,15 +112,18 @@ impl Handler<WirePod> for Pods {
             let event = {
                 let mut cache = s.cache.lock();
                 let known = cache.is_placed(&uid) && !cache.is_assumed(&uid);
-                cache.nominate(&Arc::new(info.bound_form()), None);
-                cache.set_bound_pod(&info);
-                if known {
-                    Event::AssignedPodUpdate
-                } else {
-                    Event::AssignedPodAdd
+                cache.clear_nomination(&uid);
+                let changed = cache.set_bound_pod(&info);
+                match (known, changed) {
+                    (false, _) => Some(Event::AssignedPodAdd),
+                    // Status-only updates (most of a kubelet's) change nothing placement reads.
+                    (true, true) => Some(Event::AssignedPodUpdate),
+                    (true, false) => None,
                 }
             };
-            s.on_event(event);
+            if let Some(e) = event {
+                s.on_event(e);
+            }
             return;
         }
         if s.cache.lock().is_assumed(&uid) {
@@ -171,8 +174,16 @@ impl Handler<WirePod> for Pods {
 
     fn relisted(&mut self, s: &Scheduler, seen: &HashSet<String>) {
         let seen: HashSet<Arc<str>> = seen.iter().map(|u| Arc::from(u.as_str())).collect();
-        s.cache.lock().retain_bound(&seen);
+        {
+            let mut cache = s.cache.lock();
+            cache.retain_bound(&seen);
+            for list in cache.nominated.values_mut() {
+                list.retain(|p| seen.contains(&p.uid));
+            }
+            cache.nominated.retain(|_, l| !l.is_empty());
+        }
         s.queue.retain(&seen);
+        s.retain_reports(&seen);
     }
 }
 

@@ -10,7 +10,25 @@ use std::sync::Arc;
 use crate::cache::{Cache, NodeInfo};
 use crate::framework::{Code, CycleState, Profile, Status};
 use crate::pod::PodInfo;
-use crate::schedule::run_filters;
+use crate::schedule::filter_node;
+
+/// Why preemption made no room, and whether a nomination the pod holds stays.
+#[derive(Debug)]
+pub struct NoRoom {
+    /// What follows `preemption: ` in the message.
+    pub message: String,
+    /// Victims are already leaving the nominated node: keep waiting for it.
+    pub keep_nomination: bool,
+}
+
+impl NoRoom {
+    fn give_up(message: String) -> Self {
+        Self {
+            message,
+            keep_nomination: false,
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Candidate {
@@ -34,7 +52,15 @@ fn split_by_budget(
     for p in pods {
         let mut breaks = false;
         for (key, (selector, _)) in &cache.budgets {
-            if key.0.as_str() != &*p.namespace
+            // A budget with an empty selector, or a pod without labels, matches nothing (upstream).
+            let empty = selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                && selector
+                    .match_expressions
+                    .as_ref()
+                    .is_none_or(|e| e.is_empty());
+            if empty
+                || p.labels.is_empty()
+                || key.0.as_str() != &*p.namespace
                 || !k3rs_common::selector::matches(selector, &p.labels)
             {
                 continue;
@@ -98,7 +124,8 @@ fn victims_on(
         trial.remove_pod(&v.uid);
         adjust(state, &trial, v, false);
     }
-    let fits = run_filters(profile, cache, state, pod, &trial);
+    // Pods nominated here that matter at least as much count, as in filtering.
+    let fits = filter_node(profile, cache, state, pod, &trial);
     let mut victims = Vec::new();
     let mut violations = 0;
     if fits.is_success() {
@@ -109,7 +136,7 @@ fn victims_on(
             for v in group {
                 trial.add_pod(v.clone());
                 adjust(state, &trial, &v, true);
-                if !run_filters(profile, cache, state, pod, &trial).is_success() {
+                if !filter_node(profile, cache, state, pod, &trial).is_success() {
                     trial.remove_pod(&v.uid);
                     adjust(state, &trial, &v, false);
                     violations += usize::from(breaks);
@@ -173,9 +200,11 @@ pub fn preempt(
     state: &mut CycleState,
     pod: &PodInfo,
     statuses: &[(Arc<str>, Status)],
-) -> Result<Candidate, String> {
+) -> Result<Candidate, NoRoom> {
     if pod.preempt_never {
-        return Err("not eligible due to preemptionPolicy=Never.".into());
+        return Err(NoRoom::give_up(
+            "not eligible due to preemptionPolicy=Never.".into(),
+        ));
     }
     // Victims already on their way out of the nominated node: wait for them, preempt no more.
     if let Some(n) = cache.nominated_node(&pod.uid)
@@ -185,7 +214,10 @@ pub fn preempt(
                 .any(|p| p.terminating && p.priority < pod.priority)
         })
     {
-        return Err("not eligible due to a terminating pod on the nominated node.".into());
+        return Err(NoRoom {
+            message: "not eligible due to a terminating pod on the nominated node.".into(),
+            keep_nomination: true,
+        });
     }
     let total = cache.node_count();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
@@ -220,7 +252,7 @@ pub fn preempt(
             .entry("Preemption is not helpful for scheduling".into())
             .or_default() += total - judged;
     }
-    pick(cands).ok_or_else(|| fit_message(total, &reasons))
+    pick(cands).ok_or_else(|| NoRoom::give_up(fit_message(total, &reasons)))
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ struct Entry {
     seq: u64,
     /// The scheduling cycle it was popped in.
     cycle: u64,
+    /// Changed while being scheduled: the attempt used the old spec, so it is retried.
+    updated_in_flight: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -205,6 +207,7 @@ impl Queue {
                         profile,
                         seq: 0,
                         cycle: 0,
+                        updated_in_flight: false,
                     },
                 );
                 if !gated {
@@ -216,6 +219,9 @@ impl Queue {
                 e.pod = pod;
                 e.profile = profile;
                 let at = e.at;
+                if at == Where::InFlight && changed {
+                    e.updated_in_flight = true;
+                }
                 match at {
                     Where::Gated if !gated => q.move_active(&uid),
                     Where::Unschedulable if changed => {
@@ -310,7 +316,8 @@ impl Queue {
         }
         e.last_failure = Some(Instant::now());
         let uid = Arc::clone(&e.pod.uid);
-        let retry = rejected_by.is_empty() || move_cycle >= e.cycle;
+        let retry = rejected_by.is_empty() || move_cycle >= e.cycle || e.updated_in_flight;
+        e.updated_in_flight = false;
         e.rejected_by = rejected_by;
         if retry {
             let until = Instant::now() + self.backoff_for(e.attempts);

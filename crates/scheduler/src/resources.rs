@@ -91,13 +91,14 @@ impl Resources {
 
     /// Adds `o` into `self`.
     pub fn add(&mut self, o: &Resources) {
-        self.milli_cpu += o.milli_cpu;
-        self.memory += o.memory;
-        self.ephemeral_storage += o.ephemeral_storage;
-        self.pods += o.pods;
+        // Saturating: absurd quantities from the API must not wrap or panic.
+        self.milli_cpu = self.milli_cpu.saturating_add(o.milli_cpu);
+        self.memory = self.memory.saturating_add(o.memory);
+        self.ephemeral_storage = self.ephemeral_storage.saturating_add(o.ephemeral_storage);
+        self.pods = self.pods.saturating_add(o.pods);
         for (name, v) in &o.scalar {
             match self.scalar.iter_mut().find(|(n, _)| n == name) {
-                Some((_, have)) => *have += v,
+                Some((_, have)) => *have = have.saturating_add(*v),
                 None => {
                     self.scalar.push((name.clone(), *v));
                     self.scalar.sort();
@@ -108,13 +109,13 @@ impl Resources {
 
     /// Takes `o` out of `self`.
     pub fn sub(&mut self, o: &Resources) {
-        self.milli_cpu -= o.milli_cpu;
-        self.memory -= o.memory;
-        self.ephemeral_storage -= o.ephemeral_storage;
-        self.pods -= o.pods;
+        self.milli_cpu = self.milli_cpu.saturating_sub(o.milli_cpu);
+        self.memory = self.memory.saturating_sub(o.memory);
+        self.ephemeral_storage = self.ephemeral_storage.saturating_sub(o.ephemeral_storage);
+        self.pods = self.pods.saturating_sub(o.pods);
         for (name, v) in &o.scalar {
             if let Some((_, have)) = self.scalar.iter_mut().find(|(n, _)| n == name) {
-                *have -= v;
+                *have = have.saturating_sub(*v);
             }
         }
         self.scalar.retain(|(_, v)| *v != 0);

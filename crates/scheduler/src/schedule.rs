@@ -25,6 +25,8 @@ pub enum Outcome {
         message: String,
         rejected_by: Vec<&'static str>,
         preemption: Option<Candidate>,
+        /// Preemption found no room: a nomination the pod has is given up.
+        clear_nomination: bool,
     },
     Error(String),
 }
@@ -63,7 +65,7 @@ pub fn run_filters(
 }
 
 /// Filters one node, counting pods nominated to it that matter at least as much as `pod`.
-fn filter_node(
+pub(crate) fn filter_node(
     profile: &Profile,
     cache: &Cache,
     state: &mut CycleState,
@@ -147,6 +149,7 @@ pub fn schedule_one(
                 message: "no nodes available to schedule pods".into(),
                 rejected_by: Vec::new(),
                 preemption: None,
+                clear_nomination: false,
             },
             Searched::default(),
         );
@@ -185,7 +188,8 @@ pub fn schedule_one(
             .map(|n| {
                 (
                     n,
-                    Status::new(Code::UnschedulableAndUnresolvable, rej.message()),
+                    Status::new(Code::UnschedulableAndUnresolvable, rej.message())
+                        .with_plugin(rej.plugin),
                 )
             })
             .collect();
@@ -252,12 +256,14 @@ pub fn schedule_one(
             }
         };
         let mut preemption = None;
+        let mut clear_nomination = false;
         if profile.preemption {
             match preemption::preempt(cache, profile, &mut state, pod, &statuses) {
                 Ok(c) => preemption = Some(c),
-                Err(why) => {
+                Err(no) => {
                     message.push_str(" preemption: ");
-                    message.push_str(&why);
+                    message.push_str(&no.message);
+                    clear_nomination = !no.keep_nomination;
                 }
             }
         }
@@ -266,6 +272,7 @@ pub fn schedule_one(
                 message,
                 rejected_by,
                 preemption,
+                clear_nomination,
             },
             searched,
         );
@@ -308,6 +315,7 @@ pub fn schedule_one(
                     message: format!("0/{total} nodes are available: {e}."),
                     rejected_by: vec!["VolumeBinding"],
                     preemption: None,
+                    clear_nomination: false,
                 },
                 searched,
             );
@@ -319,6 +327,8 @@ pub fn schedule_one(
             .filter(|d| !d.is_empty());
     }
     cache.assume(pod, &chosen);
+    // Placed: a nomination no longer holds room anywhere (upstream's assume drops it too).
+    cache.clear_nomination(&pod.uid);
     (
         Outcome::Scheduled {
             node: chosen,
@@ -426,6 +436,66 @@ mod tests {
         assert_eq!(&*c.node, "b");
         assert_eq!(c.victims.len(), 1);
         assert_eq!(&*c.victims[0].uid, "low-b");
+    }
+
+    #[test]
+    fn preemption_counts_pods_already_nominated_to_a_node() {
+        let mut cache = Cache::default();
+        cache.set_node(&node("a", "2", json!({})));
+        cache.set_node(&node("b", "2", json!({})));
+        let profile = &Config::default().profiles[0];
+        for (n, (name, prio)) in [("a", ("low-a", 10)), ("b", ("low-b", 5))] {
+            let mut p = pod(
+                name,
+                json!({"priority": prio, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
+            );
+            p.node_name = Some(n.into());
+            cache.set_bound_pod(&p);
+        }
+        let big = std::sync::Arc::new(pod(
+            "big",
+            json!({"priority": 100, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
+        ));
+        let (o, _) = schedule_one(&mut cache, profile, &big, &mut Rng::new());
+        let Outcome::Unschedulable {
+            preemption: Some(c),
+            ..
+        } = o
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(&*c.node, "b");
+        cache.nominate(&big, Some(c.node.clone()));
+        // The next pod of equal priority must not evict on b too: `big` already holds it.
+        let (o, _) = schedule_one(
+            &mut cache,
+            profile,
+            &pod("next", json!({"priority": 100})),
+            &mut Rng::new(),
+        );
+        let Outcome::Unschedulable {
+            preemption: Some(c),
+            ..
+        } = o
+        else {
+            panic!("{o:?}")
+        };
+        assert_eq!(&*c.node, "a");
+        assert_eq!(&*c.victims[0].uid, "low-a");
+        // Once placed, a pod's nomination holds nothing any more.
+        cache.set_bound_pod(&{
+            let mut l = pod("low-b", json!({"priority": 5}));
+            l.node_name = Some("b".into());
+            l.terminating = true;
+            l
+        });
+        assert!(cache.remove_pod("low-b"));
+        let (o, _) = schedule_one(&mut cache, profile, &big, &mut Rng::new());
+        assert!(
+            matches!(o, Outcome::Scheduled { ref node, .. } if &**node == "b"),
+            "{o:?}"
+        );
+        assert!(cache.nominated_node("big").is_none());
     }
 
     #[test]

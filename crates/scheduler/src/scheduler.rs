@@ -94,6 +94,11 @@ impl Scheduler {
         self.reported.lock().remove(uid);
     }
 
+    /// After a relist: forget what was written about pods that are gone.
+    pub fn retain_reports(&self, seen: &std::collections::HashSet<Arc<str>>) {
+        self.reported.lock().retain(|uid, _| seen.contains(uid));
+    }
+
     /// Schedules until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut rng = Rng::new();
@@ -149,21 +154,38 @@ impl Scheduler {
                 message,
                 rejected_by,
                 preemption,
+                clear_nomination,
             } => {
                 self.metrics
                     .attempt(&profile.scheduler_name, "unschedulable", took);
                 tracing::debug!(pod = %pod.key(), %message, "unschedulable");
-                let nominated = preemption.as_ref().map(|c| c.node.clone());
-                if let Some(n) = &nominated {
-                    self.cache.lock().nominate(&pod, Some(n.clone()));
-                }
+                // The nomination is written under the cache lock and only while the pod still waits
+                // (a delete that ran meanwhile removed it from the queue first).
+                let nomination: Option<Option<Arc<str>>> = {
+                    let mut cache = self.cache.lock();
+                    let waiting = self.queue.contains(&pod.uid);
+                    match &preemption {
+                        Some(c) if waiting => {
+                            cache.nominate(&pod, Some(c.node.clone()));
+                            Some(Some(c.node.clone()))
+                        }
+                        Some(_) => None,
+                        None if clear_nomination && cache.nominated_node(&pod.uid).is_some() => {
+                            cache.clear_nomination(&pod.uid);
+                            Some(None)
+                        }
+                        None => None,
+                    }
+                };
+                let preemption = preemption.filter(|_| nomination.is_some());
                 self.queue.unschedulable(&pod.uid, rejected_by);
                 let me = self.clone();
                 tokio::spawn(async move {
                     if let Some(c) = preemption {
                         me.preempt(&pod, c).await;
                     }
-                    me.report_failure(&pod, "Unschedulable", &message, nominated.as_deref())
+                    let nomination = nomination.as_ref().map(|n| n.as_deref());
+                    me.report_failure(&pod, "Unschedulable", &message, nomination)
                         .await;
                     drop(slot);
                 });
@@ -188,11 +210,12 @@ impl Scheduler {
         pod: &PodInfo,
         reason: &str,
         message: &str,
-        nominated: Option<&str>,
+        // `None`: leave `nominatedNodeName`; `Some(None)`: clear it; `Some(Some(node))`: set it.
+        nominated: Option<Option<&str>>,
     ) {
         self.recorder
             .warning(&subject(pod), "FailedScheduling", message.to_string());
-        let key = format!("{reason}\u{0}{message}\u{0}{}", nominated.unwrap_or(""));
+        let key = format!("{reason}\u{0}{message}\u{0}{nominated:?}");
         if self.reported.lock().get(&pod.uid) == Some(&key) {
             return;
         }
@@ -313,19 +336,19 @@ impl Scheduler {
                 );
             }
             Err(BindError::Gone) => {
-                self.cache.lock().forget(&pod.uid);
+                self.forget_assumed(&pod.uid, volumes.as_ref());
                 self.queue.remove(&pod.uid);
             }
             Err(BindError::Taken(msg)) => {
                 // Someone else bound it: the watch will place it where it is.
                 tracing::info!(pod = %pod.key(), %msg, "pod was bound elsewhere");
-                self.cache.lock().forget(&pod.uid);
+                self.forget_assumed(&pod.uid, volumes.as_ref());
                 self.queue.remove(&pod.uid);
             }
             Err(BindError::Failed(msg)) => {
                 self.metrics.bindings_failed.inc();
                 tracing::warn!(pod = %pod.key(), node = %node, error = %msg, "binding failed");
-                self.cache.lock().forget(&pod.uid);
+                self.forget_assumed(&pod.uid, volumes.as_ref());
                 self.queue.retry_later(&pod.uid);
                 self.on_event(Event::AssignedPodDelete);
                 self.report_failure(
@@ -336,6 +359,15 @@ impl Scheduler {
                 )
                 .await;
             }
+        }
+    }
+
+    /// Takes back an assumed pod and the volumes Reserve marked for it.
+    fn forget_assumed(&self, uid: &str, volumes: Option<&Decision>) {
+        let mut cache = self.cache.lock();
+        cache.forget(uid);
+        if let Some(d) = volumes {
+            crate::plugins::volume::unreserve(&mut cache, d);
         }
     }
 

@@ -47,20 +47,22 @@ pub fn insufficient(pod: &PodInfo, node: &NodeInfo, ignored: &dyn Fn(&str) -> bo
     }
     let r = &pod.requests;
     let (a, u) = (&node.allocatable, &node.requested);
-    if r.milli_cpu > 0 && r.milli_cpu > a.milli_cpu - u.milli_cpu {
+    if r.milli_cpu > 0 && r.milli_cpu > a.milli_cpu.saturating_sub(u.milli_cpu) {
         out.push("Insufficient cpu".into());
     }
-    if r.memory > 0 && r.memory > a.memory - u.memory {
+    if r.memory > 0 && r.memory > a.memory.saturating_sub(u.memory) {
         out.push("Insufficient memory".into());
     }
-    if r.ephemeral_storage > 0 && r.ephemeral_storage > a.ephemeral_storage - u.ephemeral_storage {
+    if r.ephemeral_storage > 0
+        && r.ephemeral_storage > a.ephemeral_storage.saturating_sub(u.ephemeral_storage)
+    {
         out.push("Insufficient ephemeral-storage".into());
     }
     for (name, want) in &r.scalar {
         if ignored(name) {
             continue;
         }
-        if *want > 0 && *want > a.scalar_value(name) - u.scalar_value(name) {
+        if *want > 0 && *want > a.scalar_value(name).saturating_sub(u.scalar_value(name)) {
             out.push(format!("Insufficient {name}"));
         }
     }
@@ -71,9 +73,12 @@ pub fn insufficient(pod: &PodInfo, node: &NodeInfo, ignored: &dyn Fn(&str) -> bo
 fn usage(pod: &PodInfo, node: &NodeInfo, resource: &str, non_zero: bool) -> (i64, i64) {
     let alloc = node.allocatable.get(resource);
     let req = match (resource, non_zero) {
-        ("cpu", true) => node.non_zero.0 + pod.non_zero.0,
-        ("memory", true) => node.non_zero.1 + pod.non_zero.1,
-        _ => node.requested.get(resource) + pod.requests.get(resource),
+        ("cpu", true) => node.non_zero.0.saturating_add(pod.non_zero.0),
+        ("memory", true) => node.non_zero.1.saturating_add(pod.non_zero.1),
+        _ => node
+            .requested
+            .get(resource)
+            .saturating_add(pod.requests.get(resource)),
     };
     (req, alloc)
 }
@@ -128,26 +133,27 @@ impl Plugin for Fit {
         let (mut total, mut weights) = (0, 0);
         for (res, weight) in &self.resources {
             let (req, alloc) = usage(pod, node, res, true);
-            if alloc == 0 {
+            if alloc <= 0 {
                 continue;
             }
+            // In i128: a node may report any allocatable.
+            let (req, alloc, max) = (
+                i128::from(req.max(0)),
+                i128::from(alloc),
+                i128::from(MAX_NODE_SCORE),
+            );
             let s = match &self.strategy {
                 Strategy::LeastAllocated => {
                     if req > alloc {
                         0
                     } else {
-                        (alloc - req) * MAX_NODE_SCORE / alloc
+                        ((alloc - req) * max / alloc) as i64
                     }
                 }
-                Strategy::MostAllocated => {
-                    if req > alloc {
-                        0
-                    } else {
-                        req * MAX_NODE_SCORE / alloc
-                    }
-                }
+                // Requests beyond capacity count as full (upstream clamps).
+                Strategy::MostAllocated => (req.min(alloc) * max / alloc) as i64,
                 Strategy::RequestedToCapacityRatio(shape) => {
-                    shape_score(shape, (req.min(alloc)) * 100 / alloc)
+                    shape_score(shape, (req.min(alloc) * 100 / alloc) as i64)
                 }
             };
             total += s * weight;

@@ -33,6 +33,8 @@ pub struct Decision {
     pub bind: Vec<(String, String, String, String)>,
     /// (namespace, name) of claims to hand to their provisioner.
     pub provision: Vec<(String, String)>,
+    /// Volumes marked claimed in the cache: (name, as it was, as marked), to undo if binding fails.
+    pub assumed: Vec<(String, Arc<PersistentVolume>, Arc<PersistentVolume>)>,
 }
 
 impl Decision {
@@ -274,24 +276,41 @@ pub fn reserve(cache: &mut Cache, state: &mut CycleState, node: &str) -> Result<
         .ok_or_else(|| format!("node {node} is gone"))?;
     let d = decide(cache, st, info)
         .ok_or_else(|| "node(s) didn't find available persistent volumes to bind".to_string())?;
-    for (pv, ns, name, uid) in &d.bind {
-        if let Some(vol) = cache.volumes.get(pv) {
-            let mut v = (**vol).clone();
+    let mut d = d;
+    for (pv, ns, name, uid) in d.bind.clone() {
+        if let Some(vol) = cache.volumes.get(&pv).cloned() {
+            let mut v = (*vol).clone();
             if let Some(spec) = v.spec.as_mut() {
                 spec.claim_ref = Some(k8s_openapi::api::core::v1::ObjectReference {
                     kind: Some("PersistentVolumeClaim".into()),
                     api_version: Some("v1".into()),
-                    namespace: Some(ns.clone()),
-                    name: Some(name.clone()),
-                    uid: Some(uid.clone()),
+                    namespace: Some(ns),
+                    name: Some(name),
+                    uid: Some(uid),
                     ..Default::default()
                 });
             }
-            cache.volumes.insert(pv.clone(), Arc::new(v));
+            let marked = Arc::new(v);
+            cache.volumes.insert(pv.clone(), marked.clone());
+            d.assumed.push((pv, vol, marked));
         }
     }
     st.decision = d;
     Ok(())
+}
+
+/// Unreserve: volumes marked claimed for a pod whose binding failed are free again in the cache,
+/// unless the watch has shown them changed since.
+pub fn unreserve(cache: &mut Cache, d: &Decision) {
+    for (name, before, marked) in &d.assumed {
+        if cache
+            .volumes
+            .get(name)
+            .is_some_and(|now| Arc::ptr_eq(now, marked))
+        {
+            cache.volumes.insert(name.clone(), before.clone());
+        }
+    }
 }
 
 /// Whether every claim of the pod is Bound, per the cache (for PreBind's wait); `Err` when a claim is
