@@ -150,6 +150,20 @@ impl HealthServer {
         self.listener.local_addr()
     }
 
+    /// Binds `addr`, says where it serves, and serves in a task of its own until `shutdown`; returns
+    /// the address bound.
+    pub async fn spawn(
+        addr: SocketAddr,
+        state: HealthState,
+        shutdown: &CancellationToken,
+    ) -> std::io::Result<SocketAddr> {
+        let server = Self::bind(addr, state).await?;
+        let local = server.local_addr()?;
+        tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(server.serve(shutdown.clone()));
+        Ok(local)
+    }
+
     /// Serves until `shutdown` is cancelled.
     pub async fn serve(self, shutdown: CancellationToken) {
         let state = Arc::new(self.state);

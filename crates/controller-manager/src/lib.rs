@@ -252,13 +252,10 @@ pub async fn run_with_readiness(
     let (client, kubeconfig_ca) = client(&config).await?;
     let (metrics, registry) = metrics::Metrics::new();
     if let Some(addr) = config.health_bind_address {
-        let server = HealthServer::bind(addr, HealthState::new(ready.clone(), Arc::new(registry)))
+        let state = HealthState::new(ready.clone(), Arc::new(registry));
+        HealthServer::spawn(addr, state, &shutdown)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
-        if let Ok(local) = server.local_addr() {
-            tracing::info!(address = %local, "serving /metrics, /healthz and /readyz");
-        }
-        tokio::spawn(server.serve(shutdown.clone()));
     }
     // Only the leader runs controllers; they stop on shutdown or when leadership is lost.
     let work = shutdown.child_token();

@@ -86,11 +86,9 @@ pub async fn run_with_readiness(
         };
         let health = HealthState::new(ready.clone(), Arc::new(registry))
             .with_check("datastore", datastore_ok);
-        let server = HealthServer::bind(addr, health)
+        HealthServer::spawn(addr, health, &shutdown)
             .await
             .map_err(|e| Error::io(format!("binding metrics address {addr}"), e))?;
-        tracing::info!(address = %server.local_addr().map_err(|e| Error::io("metrics address", e))?, "serving /metrics, /healthz and /readyz");
-        tokio::spawn(server.serve(shutdown.clone()));
     }
 
     let service = server::Service::new(store.clone(), config.watch_progress_notify_interval);

@@ -60,6 +60,24 @@ impl Cri {
         })
     }
 
+    /// The image the runtime knows by `name` (a reference CRI normalizes), if any.
+    pub async fn image_status(&mut self, name: &str) -> Result<Option<api::Image>, Error> {
+        self.images
+            .image_status(api::ImageStatusRequest {
+                image: Some(api::ImageSpec {
+                    image: name.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .map(|r| r.into_inner().image)
+            .map_err(|status| Error::Call {
+                call: "ImageStatus",
+                status,
+            })
+    }
+
     /// The runtime's name and version (`Version`), e.g. (`containerd`, `1.6.20~ds1`).
     pub async fn version(&mut self) -> Result<api::VersionResponse, Error> {
         self.runtime

@@ -407,31 +407,12 @@ async fn write_blob(
             }
         }
     });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let result = content.write(with_headers(stream, Some(lease))).await;
-    let outcome = match result {
-        Ok(resp) => {
-            let mut inbound = resp.into_inner();
-            loop {
-                match inbound.message().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => break Ok(()),
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => break Ok(()),
-                    Err(status) => {
-                        break Err(Error::Call {
-                            call: "Content.Write",
-                            status,
-                        });
-                    }
-                }
-            }
-        }
-        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-        Err(status) => Err(Error::Call {
-            call: "Content.Write",
-            status,
-        }),
-    };
+    let outcome = write_stream(
+        content,
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+        lease,
+    )
+    .await;
     match reader.await {
         Ok(Ok(())) => outcome,
         Ok(Err(source)) => Err(Error::Read {
@@ -466,29 +447,35 @@ async fn write_bytes(
         data: data.to_vec(),
         labels,
     };
-    let stream = futures_util::stream::iter([msg]);
-    match content.write(with_headers(stream, Some(lease))).await {
-        Ok(resp) => {
-            let mut inbound = resp.into_inner();
-            loop {
-                match inbound.message().await {
-                    Ok(Some(_)) => {}
-                    Ok(None) => return Ok(()),
-                    Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
-                    Err(status) => {
-                        return Err(Error::Call {
-                            call: "Content.Write",
-                            status,
-                        });
-                    }
-                }
-            }
+    write_stream(content, futures_util::stream::iter([msg]), lease).await
+}
+
+/// Sends one blob's write messages and waits for containerd's answers; a blob that is already
+/// there counts as written.
+async fn write_stream<S>(
+    content: &mut ContentClient<Channel>,
+    stream: S,
+    lease: &str,
+) -> Result<(), Error>
+where
+    S: futures_util::Stream<Item = WriteContentRequest> + Send + 'static,
+{
+    let call = |status| Error::Call {
+        call: "Content.Write",
+        status,
+    };
+    let mut inbound = match content.write(with_headers(stream, Some(lease))).await {
+        Ok(resp) => resp.into_inner(),
+        Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+        Err(s) => return Err(call(s)),
+    };
+    loop {
+        match inbound.message().await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => return Ok(()),
+            Err(s) => return Err(call(s)),
         }
-        Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(()),
-        Err(status) => Err(Error::Call {
-            call: "Content.Write",
-            status,
-        }),
     }
 }
 

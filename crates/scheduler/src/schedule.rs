@@ -365,6 +365,33 @@ mod tests {
         w.info()
     }
 
+    /// Two-CPU nodes, each full with one bound pod: (node, pod, priority, `app` label).
+    fn full_nodes(pods: &[(&str, &str, i32, &str)]) -> Cache {
+        let mut cache = Cache::default();
+        for (n, name, prio, app) in pods {
+            cache.set_node(&node(n, "2", json!({})));
+            let mut p = pod(
+                name,
+                json!({"priority": prio, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
+            );
+            p.labels.insert("app".into(), app.to_string());
+            p.node_name = Some((*n).into());
+            cache.set_bound_pod(&p);
+        }
+        cache
+    }
+
+    /// The room preemption found, or a panic naming what happened instead.
+    fn preempting(o: Outcome) -> Candidate {
+        match o {
+            Outcome::Unschedulable {
+                preemption: Some(c),
+                ..
+            } => c,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn least_allocated_spreads_and_reasons_aggregate() {
         let mut cache = Cache::default();
@@ -412,27 +439,11 @@ mod tests {
 
     #[test]
     fn preemption_picks_the_least_important_victims() {
-        let mut cache = Cache::default();
-        cache.set_node(&node("a", "2", json!({})));
-        cache.set_node(&node("b", "2", json!({})));
+        let mut cache = full_nodes(&[("a", "low-a", 10, "x"), ("b", "low-b", 5, "x")]);
         let profile = &Config::default().profiles[0];
-        for (n, (name, prio)) in [("a", ("low-a", 10)), ("b", ("low-b", 5))] {
-            let mut p = pod(
-                name,
-                json!({"priority": prio, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
-            );
-            p.node_name = Some(n.into());
-            cache.set_bound_pod(&p);
-        }
         let high = pod("high", json!({"priority": 100}));
         let (o, _) = schedule_one(&mut cache, profile, &high, &mut Rng::new());
-        let Outcome::Unschedulable {
-            preemption: Some(c),
-            ..
-        } = o
-        else {
-            panic!("{o:?}")
-        };
+        let c = preempting(o);
         assert_eq!(&*c.node, "b");
         assert_eq!(c.victims.len(), 1);
         assert_eq!(&*c.victims[0].uid, "low-b");
@@ -440,30 +451,14 @@ mod tests {
 
     #[test]
     fn preemption_counts_pods_already_nominated_to_a_node() {
-        let mut cache = Cache::default();
-        cache.set_node(&node("a", "2", json!({})));
-        cache.set_node(&node("b", "2", json!({})));
+        let mut cache = full_nodes(&[("a", "low-a", 10, "x"), ("b", "low-b", 5, "x")]);
         let profile = &Config::default().profiles[0];
-        for (n, (name, prio)) in [("a", ("low-a", 10)), ("b", ("low-b", 5))] {
-            let mut p = pod(
-                name,
-                json!({"priority": prio, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
-            );
-            p.node_name = Some(n.into());
-            cache.set_bound_pod(&p);
-        }
         let big = std::sync::Arc::new(pod(
             "big",
             json!({"priority": 100, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
         ));
         let (o, _) = schedule_one(&mut cache, profile, &big, &mut Rng::new());
-        let Outcome::Unschedulable {
-            preemption: Some(c),
-            ..
-        } = o
-        else {
-            panic!("{o:?}")
-        };
+        let c = preempting(o);
         assert_eq!(&*c.node, "b");
         cache.nominate(&big, Some(c.node.clone()));
         // The next pod of equal priority must not evict on b too: `big` already holds it.
@@ -473,13 +468,7 @@ mod tests {
             &pod("next", json!({"priority": 100})),
             &mut Rng::new(),
         );
-        let Outcome::Unschedulable {
-            preemption: Some(c),
-            ..
-        } = o
-        else {
-            panic!("{o:?}")
-        };
+        let c = preempting(o);
         assert_eq!(&*c.node, "a");
         assert_eq!(&*c.victims[0].uid, "low-a");
         // Once placed, a pod's nomination holds nothing any more.
@@ -500,19 +489,8 @@ mod tests {
 
     #[test]
     fn preemption_spares_pods_a_disruption_budget_protects() {
-        let mut cache = Cache::default();
-        cache.set_node(&node("a", "2", json!({})));
-        cache.set_node(&node("b", "2", json!({})));
+        let mut cache = full_nodes(&[("a", "low-a", 5, "guarded"), ("b", "low-b", 5, "free")]);
         let profile = &Config::default().profiles[0];
-        for (n, name, app) in [("a", "low-a", "guarded"), ("b", "low-b", "free")] {
-            let mut p = pod(
-                name,
-                json!({"priority": 5, "containers": [{"name": "c", "resources": {"requests": {"cpu": "2"}}}]}),
-            );
-            p.labels.insert("app".into(), app.into());
-            p.node_name = Some(n.into());
-            cache.set_bound_pod(&p);
-        }
         // Without a budget the two nodes tie on everything but start time; with one, b wins.
         cache.budgets.insert(
             ("default".into(), "guard".into()),
@@ -528,13 +506,7 @@ mod tests {
                 &pod("high", json!({"priority": 100})),
                 &mut Rng::new(),
             );
-            let Outcome::Unschedulable {
-                preemption: Some(c),
-                ..
-            } = o
-            else {
-                panic!("{o:?}")
-            };
+            let c = preempting(o);
             assert_eq!(&*c.node, "b");
             assert_eq!(c.budget_violations, 0);
         }

@@ -67,19 +67,9 @@ fn built_images_import_under_their_names() {
                 "docker.io/rancher/mirrored-pause:3.6",
                 "docker.io/library/busybox:1.35",
             ] {
-                let status = cri
-                    .images
-                    .image_status(k3rs_kubelet::cri::api::ImageStatusRequest {
-                        image: Some(k3rs_kubelet::cri::api::ImageSpec {
-                            image: name.into(),
-                            ..Default::default()
-                        }),
-                        verbose: false,
-                    })
+                let image = cri
+                    .image_status(name)
                     .await?
-                    .into_inner();
-                let image = status
-                    .image
                     .ok_or_else(|| anyhow::anyhow!("CRI does not know {name}"))?;
                 if !image.repo_tags.iter().any(|t| t == name) {
                     bail!("{name}: tags {:?}", image.repo_tags);
@@ -289,20 +279,7 @@ fn tarballs_dropped_into_the_images_dir_are_imported() {
             let cri = Cri::connect(&settings.endpoint()).await?;
             let known = |name: &'static str| {
                 let mut cri = cri.clone();
-                async move {
-                    let status = cri
-                        .images
-                        .image_status(k3rs_kubelet::cri::api::ImageStatusRequest {
-                            image: Some(k3rs_kubelet::cri::api::ImageSpec {
-                                image: name.into(),
-                                ..Default::default()
-                            }),
-                            verbose: false,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok::<_, anyhow::Error>(status.image.is_some())
-                }
+                async move { Ok::<_, anyhow::Error>(cri.image_status(name).await?.is_some()) }
             };
             let start = Instant::now();
             while !known("docker.io/rancher/mirrored-pause:3.6").await? {
