@@ -127,46 +127,12 @@ fn daemon_tolerations(host_network: bool) -> Vec<Toleration> {
     out
 }
 
-fn requirement_matches(r: &NodeSelectorRequirement, value: Option<&String>) -> bool {
-    let values = r.values.clone().unwrap_or_default();
-    match r.operator.as_str() {
-        "In" => value.is_some_and(|v| values.contains(v)),
-        "NotIn" => value.is_none_or(|v| !values.contains(v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                value.and_then(|v| v.parse::<i64>().ok()),
-                values.first().and_then(|b| b.parse::<i64>().ok()),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
 /// Whether a node satisfies a node selector's terms (any term; every requirement of it).
 pub fn node_selector_matches(sel: &NodeSelector, node: &Node) -> bool {
     let name = node.name_any();
-    sel.node_selector_terms.iter().any(|term| {
-        let exprs = term.match_expressions.as_deref().unwrap_or(&[]);
-        let fields = term.match_fields.as_deref().unwrap_or(&[]);
-        if exprs.is_empty() && fields.is_empty() {
-            return false;
-        }
-        exprs
-            .iter()
-            .all(|r| requirement_matches(r, node.labels().get(&r.key)))
-            && fields
-                .iter()
-                .all(|r| r.key == "metadata.name" && requirement_matches(r, Some(&name)))
-    })
+    sel.node_selector_terms
+        .iter()
+        .any(|t| crate::selector::node_term_matches(t, node.labels(), &name))
 }
 
 /// (should run, should continue running) — upstream's `NodeShouldRunDaemonPod`.

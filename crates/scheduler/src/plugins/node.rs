@@ -2,7 +2,7 @@
 //! (with `nodeSelector`) and NodePorts, with upstream's reasons.
 
 use k3rs_common::taints::{UNSCHEDULABLE, tolerates};
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, Taint, Toleration};
+use k8s_openapi::api::core::v1::{NodeSelectorTerm, Taint, Toleration};
 
 use crate::cache::{Cache, NodeInfo};
 use crate::framework::{
@@ -123,48 +123,9 @@ impl Plugin for TaintToleration {
     }
 }
 
-/// Whether a node selector requirement holds for `labels` (upstream's `NodeSelectorRequirementsAsSelector`).
-fn requirement_holds(
-    r: &NodeSelectorRequirement,
-    labels: &std::collections::BTreeMap<String, String>,
-) -> bool {
-    let values = r.values.as_deref().unwrap_or(&[]);
-    let have = labels.get(&r.key);
-    let number = |s: &str| s.parse::<i64>().ok();
-    match r.operator.as_str() {
-        "In" => have.is_some_and(|v| values.contains(v)),
-        "NotIn" => have.is_none_or(|v| !values.contains(v)),
-        "Exists" => have.is_some(),
-        "DoesNotExist" => have.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(v), Some(bound)) = (
-                have.and_then(|v| number(v)),
-                values.first().and_then(|b| number(b)),
-            ) else {
-                return false;
-            };
-            if r.operator == "Gt" {
-                v > bound
-            } else {
-                v < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-/// Whether a node selector term holds: its label expressions, and its `metadata.name` field expressions.
+/// Whether a node selector term holds for `node` (labels and `metadata.name`).
 pub fn term_matches(t: &NodeSelectorTerm, node: &NodeInfo) -> bool {
-    let exprs = t.match_expressions.as_deref().unwrap_or(&[]);
-    let fields = t.match_fields.as_deref().unwrap_or(&[]);
-    if exprs.is_empty() && fields.is_empty() {
-        // An empty term matches nothing.
-        return false;
-    }
-    let name_labels =
-        std::collections::BTreeMap::from([("metadata.name".to_string(), node.name.to_string())]);
-    exprs.iter().all(|r| requirement_holds(r, &node.labels))
-        && fields.iter().all(|r| requirement_holds(r, &name_labels))
+    k3rs_common::selector::node_term_matches(t, &node.labels, &node.name)
 }
 
 /// Whether the pod's `nodeSelector` and required node affinity admit `node`.
@@ -251,29 +212,5 @@ impl Plugin for NodePorts {
         } else {
             Status::success()
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::api::core::v1::NodeSelectorRequirement;
-
-    #[test]
-    fn node_selector_operators() {
-        let labels = std::collections::BTreeMap::from([
-            ("zone".to_string(), "a".to_string()),
-            ("cores".to_string(), "8".to_string()),
-        ]);
-        let req = |key: &str, op: &str, values: &[&str]| NodeSelectorRequirement {
-            key: key.into(),
-            operator: op.into(),
-            values: Some(values.iter().map(|v| v.to_string()).collect()),
-        };
-        assert!(requirement_holds(&req("zone", "In", &["a", "b"]), &labels));
-        assert!(!requirement_holds(&req("zone", "NotIn", &["a"]), &labels));
-        assert!(requirement_holds(&req("cores", "Gt", &["4"]), &labels));
-        assert!(!requirement_holds(&req("cores", "Lt", &["4"]), &labels));
-        assert!(requirement_holds(&req("gpu", "DoesNotExist", &[]), &labels));
     }
 }
