@@ -16,6 +16,8 @@ pub struct Cluster {
     pub store: Server,
     api: Option<Proc>,
     pub port: u16,
+    /// The address the apiserver listens on (loopback unless a testbed bridge's).
+    pub host: String,
     dir: tempfile::TempDir,
     /// Extra apiserver flags (kept across restarts).
     extra_args: Vec<String>,
@@ -40,12 +42,19 @@ impl Cluster {
     /// ServiceAccount admission plugin is off unless the flags name admission plugins themselves (as
     /// `--enable-admission-plugins=ServiceAccount` does, for clusters that run a controller-manager).
     pub async fn start_with(backend: Backend, args: &[&str]) -> Result<Self> {
+        Self::start_on(backend, "127.0.0.1", args).await
+    }
+
+    /// As [`Cluster::start_with`], listening on `host` (a testbed bridge's address, for nodes in their
+    /// own network namespaces).
+    pub async fn start_on(backend: Backend, host: &str, args: &[&str]) -> Result<Self> {
         let store = Server::start(backend).await?;
         let dir = tempfile::Builder::new().prefix("k3rs-api-").tempdir()?;
         let mut cluster = Self {
             store,
             api: None,
             port: 0,
+            host: host.to_string(),
             extra_args: Vec::new(),
             dir,
         };
@@ -68,7 +77,7 @@ impl Cluster {
                 .arg("--secure-port")
                 .arg(self.port.to_string())
                 .arg("--bind-address")
-                .arg("127.0.0.1")
+                .arg(&self.host)
                 .args(&self.extra_args)
                 .env("K3RS_LOG", "info");
             let proc = Proc::spawn("k3rs-apiserver", &mut cmd, &log)?;
@@ -313,7 +322,7 @@ impl Cluster {
             "{}.kubeconfig",
             user.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
         ));
-        let server = format!("https://127.0.0.1:{}", self.port);
+        let server = format!("https://{}:{}", self.host, self.port);
         let kubeconfig = k3rs_common::kubeconfig::with_client_cert(
             &server,
             &server_ca,

@@ -7,6 +7,7 @@ pub mod kubelet_api;
 pub mod podnet;
 pub mod process;
 pub mod store;
+pub mod testbed;
 
 pub use apiserver::Cluster;
 

@@ -36,6 +36,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     ("runc", "the OCI runtime containerd starts containers with"),
     (
+        "containernetworking-plugins",
+        "the CNI plugins (bridge, host-local, portmap, loopback) pods are networked with",
+    ),
+    (
+        "iptables",
+        "what the CNI portmap plugin writes hostPort rules with (iptables-nft)",
+    ),
+    (
         "busybox-static",
         "the static busybox `cargo xtask images` builds the busybox test image from",
     ),

@@ -47,6 +47,49 @@ pub fn can_lower_oom_score() -> bool {
         .is_some_and(|caps| caps & (1 << 24) != 0)
 }
 
+/// Where the PID of the containerd this agent started is kept.
+fn pid_file(s: &Settings) -> PathBuf {
+    s.state_dir.join("containerd.pid")
+}
+
+/// A containerd an earlier run of this agent started and did not stop (it was killed with SIGKILL) is
+/// stopped before a new one starts on the same root; containers keep running either way. Only the
+/// process named in our PID file, and only if its command line still carries our config file.
+async fn stop_leftover(s: &Settings) {
+    let Some(pid) = std::fs::read_to_string(pid_file(s))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let config = s.config_path();
+        c.split(|b| *b == 0)
+            .any(|arg| arg == config.as_os_str().as_encoded_bytes())
+    });
+    let Some(p) = rustix::process::Pid::from_raw(pid).filter(|_| ours) else {
+        return;
+    };
+    tracing::info!(pid, "stopping the containerd an earlier run left behind");
+    let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+    let start = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && start.elapsed() < Duration::from_secs(10)
+    {
+        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|st| st.split_whitespace().nth(2) == Some("Z"));
+        if zombie {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    }
+}
+
 impl Settings {
     /// K3s's layout under `data_dir`, with the socket in `state_dir`.
     pub fn new(data_dir: &Path, state_dir: &Path, sandbox_image: &str) -> Self {
@@ -221,6 +264,7 @@ impl Supervisor {
             path: log_path.clone(),
             source,
         })?;
+        stop_leftover(s).await;
         let _ = std::fs::remove_file(&s.socket);
         let mut cmd = Command::new(&s.binary);
         cmd.arg("--config")
@@ -248,6 +292,9 @@ impl Supervisor {
             source,
         })?;
         tracing::info!(pid = child.id(), socket = %s.socket.display(), "started containerd");
+        if let Some(pid) = child.id() {
+            let _ = std::fs::write(pid_file(s), pid.to_string());
+        }
         Ok(child)
     }
 

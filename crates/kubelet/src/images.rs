@@ -486,7 +486,9 @@ pub async fn preload(
     dir: PathBuf,
     every: std::time::Duration,
     shutdown: tokio_util::sync::CancellationToken,
+    first_pass: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
+    let mut first_pass = first_pass;
     let mut seen: HashMap<PathBuf, (std::time::SystemTime, u64)> = HashMap::new();
     loop {
         let mut found: Vec<(PathBuf, (std::time::SystemTime, u64))> = std::fs::read_dir(&dir)
@@ -521,6 +523,9 @@ pub async fn preload(
                 }
             }
             seen.insert(path, stamp);
+        }
+        if let Some(done) = first_pass.take() {
+            let _ = done.send(());
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}

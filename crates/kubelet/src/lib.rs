@@ -1,8 +1,236 @@
-//! k3rs-kubelet: runs the pods bound to its node on containerd through CRI. So far the groundwork: the
-//! agent's supervised containerd (`containerd`), the CRI v1 client (`cri`) and the air-gap image import
-//! (`images`); the pod workers, node registration and the kubelet API follow (issue 7).
+//! k3rs-kubelet: runs the pods bound to its node on containerd through CRI (upstream `pkg/kubelet`'s
+//! shape: a worker per pod and managers around them). `run` starts, in order: the runtime (the agent's
+//! own supervised containerd, or `--container-runtime-endpoint`), the air-gap image import, node
+//! registration, the node status and Lease loops, the pod manager, and the kubelet API on :10250.
+//! Stopping it leaves containers running; the next start adopts them.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod containerd;
 pub mod cri;
 pub mod images;
+pub mod logs;
+pub mod node;
+pub mod pods;
+pub mod runtime;
+pub mod server;
+pub mod streams;
+pub mod tls;
+pub mod volumes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k3rs_common::events::Recorder;
+use k3rs_common::{HealthServer, HealthState, Readiness};
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, Runtime};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Containerd(#[from] containerd::Error),
+    #[error(transparent)]
+    Cri(#[from] cri::Error),
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error("API client: {0}")]
+    Client(#[source] kube::Error),
+    #[error(transparent)]
+    Node(#[from] node::NodeError),
+    #[error("serving the kubelet API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kubelet TLS: {0}")]
+    Tls(String),
+    #[error("{path}: {source}")]
+    Dir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the kubelet until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Error> {
+    run_with_readiness(config, shutdown, Readiness::new()).await
+}
+
+/// As [`run`], setting `ready` once the node is registered and the first pod list is handled.
+pub async fn run_with_readiness(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: Readiness,
+) -> Result<(), Error> {
+    for dir in [&config.root_dir, &config.pod_logs_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let registry = prometheus_client::registry::Registry::default();
+    if let Some(addr) = config.healthz_address {
+        let state = HealthState::new(ready.clone(), Arc::new(registry));
+        HealthServer::spawn(addr, state, &shutdown)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+    }
+    // The runtime first: nothing runs without it.
+    let runtime_stop = CancellationToken::new();
+    let (endpoint, socket, supervisor) = match &config.runtime {
+        Runtime::Supervised(settings) => {
+            let sup = containerd::Supervisor::start(settings.clone()).await?;
+            let endpoint = settings.endpoint();
+            let socket = settings.socket.clone();
+            let task = tokio::spawn(sup.supervise(runtime_stop.clone()));
+            (endpoint, socket, Some(task))
+        }
+        Runtime::Endpoint(e) => (e.clone(), cri::socket_path(e).to_path_buf(), None),
+    };
+    let result = run_on_runtime(&config, &endpoint, socket, shutdown.clone(), ready).await;
+    // Stopping containerd (alone) leaves the containers running.
+    runtime_stop.cancel();
+    if let Some(task) = supervisor {
+        let _ = task.await;
+    }
+    result
+}
+
+async fn run_on_runtime(
+    config: &Config,
+    endpoint: &str,
+    socket: std::path::PathBuf,
+    shutdown: CancellationToken,
+    ready: Readiness,
+) -> Result<(), Error> {
+    let mut cri = cri::Cri::connect(endpoint).await?;
+    let version = cri.version().await?;
+    // K3s's air gap: the tarballs present at start are imported before any pod starts.
+    let (imported, first_pass) = tokio::sync::oneshot::channel();
+    tokio::spawn(images::preload(
+        socket,
+        config.agent_dir.join("images"),
+        Duration::from_secs(5),
+        shutdown.clone(),
+        Some(imported),
+    ));
+    let _ = first_pass.await;
+    let kube_config = k3rs_common::client::config(config.kubeconfig.as_deref())
+        .await
+        .map_err(Error::Kubeconfig)?;
+    let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
+    let node_obj = node::register(&client, config).await?;
+    let node_uid = node_obj.metadata.uid.clone().unwrap_or_default();
+    let mut ips: Vec<String> = config.node_ips.iter().map(ToString::to_string).collect();
+    if ips.is_empty() {
+        ips.extend(node::detect_ip().map(|i| i.to_string()));
+    }
+    let mut addresses: Vec<serde_json::Value> = ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip}))
+        .collect();
+    addresses.extend(
+        config
+            .node_external_ips
+            .iter()
+            .map(|ip| json!({"type": "ExternalIP", "address": ip.to_string()})),
+    );
+    addresses.push(json!({"type": "Hostname", "address": config.node_name}));
+    let machine = node::Machine::probe(&config.root_dir);
+    let allocatable = node::allocatable(&node::capacity(&machine, config.max_pods), config);
+    let runtime_version = format!("{}://{}", version.runtime_name, version.runtime_version);
+    tokio::spawn(
+        node::StatusReporter {
+            client: client.clone(),
+            cri: cri.clone(),
+            cfg: config.clone(),
+            addresses,
+            runtime_version,
+            node_uid: node_uid.clone(),
+        }
+        .run(shutdown.clone()),
+    );
+    tokio::spawn(node::renew_lease(
+        client.clone(),
+        config.clone(),
+        node_uid,
+        shutdown.clone(),
+    ));
+
+    let (services, writer) = reflector::store::<Service>();
+    let svc_watch = reflector(
+        writer,
+        watcher(
+            kube::Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let svc_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut s = std::pin::pin!(svc_watch);
+        loop {
+            tokio::select! {
+                _ = svc_shutdown.cancelled() => return,
+                ev = s.next() => if ev.is_none() { return },
+            }
+        }
+    });
+    let host_dns = std::fs::read_to_string(&config.resolv_conf)
+        .map(|t| pods::spec::parse_resolv_conf(&t))
+        .unwrap_or_default();
+    let sh = Arc::new(pods::Shared {
+        client: client.clone(),
+        cri,
+        node: pods::spec::NodeSettings {
+            cluster_dns: config.cluster_dns.clone(),
+            cluster_domain: config.cluster_domain.clone(),
+            host_dns,
+            pod_logs_dir: config.pod_logs_dir.clone(),
+            cgroup_root: config.cgroup_root.clone(),
+            memory_capacity: machine.memory_bytes,
+        },
+        node_name: config.node_name.clone(),
+        root_dir: config.root_dir.clone(),
+        host_ips: ips.clone(),
+        allocatable: allocatable.into_iter().collect::<BTreeMap<_, _>>(),
+        services,
+        events: Recorder::new(client.clone(), "kubelet"),
+        pods: Default::default(),
+    });
+
+    let addr = SocketAddr::new(config.address, config.port);
+    let acceptor = tls::acceptor(config, &ips).map_err(Error::Tls)?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })?;
+    let server = Arc::new(server::Server::new(
+        sh.clone(),
+        config.client_ca_file.is_some(),
+    ));
+    tokio::spawn(server::serve(server, listener, acceptor, shutdown.clone()));
+    tracing::info!(address = %addr, "serving the kubelet API");
+
+    let (synced_tx, mut synced_rx) = tokio::sync::watch::channel(false);
+    let manager = tokio::spawn(pods::run(sh, synced_tx, shutdown.clone()));
+    let r = ready.clone();
+    tokio::spawn(async move {
+        if synced_rx.wait_for(|s| *s).await.is_ok() {
+            r.set(true);
+            tracing::info!("kubelet ready");
+        }
+    });
+    let _ = manager.await;
+    Ok(())
+}

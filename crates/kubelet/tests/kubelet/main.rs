@@ -1,6 +1,8 @@
 //! End-to-end tests of the kubelet's parts against the real containerd (Debian's, started by the
 //! kubelet's supervisor with its own root, state and socket — never the system's).
 
+mod pods;
+
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -274,6 +276,7 @@ fn tarballs_dropped_into_the_images_dir_are_imported() {
             images_dir.clone(),
             Duration::from_millis(200),
             shutdown.clone(),
+            None,
         ));
         let result = async {
             let cri = Cri::connect(&settings.endpoint()).await?;

@@ -1,0 +1,370 @@
+//! The kubelet end to end: a cluster (kine, apiserver, controller-manager) in the root namespace
+//! listening on a testbed bridge, and a node (kubelet with its containerd, flannel) in a network
+//! namespace of its own, driven with kubectl as a user would.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use k3rs_tests::testbed::{AgentNode, Testbed};
+use k3rs_tests::{Backend, Cluster, Proc};
+use serde_json::Value;
+
+/// One cluster with one node. Fields drop in order: the node first, the bridge last.
+pub struct Env {
+    pub node: AgentNode,
+    _cm: Proc,
+    pub cluster: Cluster,
+    pub tb: Testbed,
+}
+
+impl Env {
+    pub async fn start() -> Result<Self> {
+        let mut tb = Testbed::create()?;
+        let cluster = Cluster::start_on(
+            Backend::Sqlite,
+            &tb.gateway.clone(),
+            &["--enable-admission-plugins=ServiceAccount"],
+        )
+        .await?;
+        let cm = cluster.start_controller_manager("*").await?;
+        let node = AgentNode::start(&mut tb, &cluster, "node1", &[]).await?;
+        let env = Self {
+            node,
+            _cm: cm,
+            cluster,
+            tb,
+        };
+        env.wait(
+            "the node to be Ready with a podCIDR",
+            Duration::from_secs(60),
+            |e| {
+                let n = e.get_json(&["get", "node", "node1"])?;
+                let ready = n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                Ok(ready && n["spec"]["podCIDR"].is_string())
+            },
+        )
+        .await?;
+        // The default ServiceAccount exists before pods are made.
+        env.wait("the default ServiceAccount", Duration::from_secs(30), |e| {
+            Ok(e.cluster
+                .run(&["get", "serviceaccount", "default"], None)?
+                .ok)
+        })
+        .await?;
+        Ok(env)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.cluster.kubectl(args)
+    }
+
+    pub fn apply(&self, yaml: &str) -> Result<()> {
+        self.cluster
+            .kubectl_in(&["apply", "-f", "-"], yaml)
+            .map(drop)
+    }
+
+    pub fn get_json(&self, args: &[&str]) -> Result<Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        Ok(serde_json::from_str(&self.kubectl(&a)?)?)
+    }
+
+    pub fn pod(&self, name: &str) -> Result<Value> {
+        self.get_json(&["get", "pod", name])
+    }
+
+    /// Polls `check` every 200 ms until it holds; on timeout, fails with the kubelet's log tail.
+    pub async fn wait(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&Self) -> Result<bool>,
+    ) -> Result<()> {
+        let start = Instant::now();
+        let mut last_err = String::new();
+        loop {
+            match check(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => last_err = format!("{e:#}"),
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "timed out after {timeout:?} waiting for {what} ({last_err})\n{}",
+                    self.node.log_tails(40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: &str) -> Result<Value> {
+        let mut pod = Value::Null;
+        self.wait(
+            &format!("pod {name} {phase}"),
+            Duration::from_secs(60),
+            |e| {
+                pod = e.pod(name)?;
+                Ok(pod["status"]["phase"] == phase)
+            },
+        )
+        .await
+        .with_context(|| format!("last seen: {}", pod["status"]))?;
+        Ok(pod)
+    }
+
+    pub async fn wait_ready(&self, name: &str) -> Result<Value> {
+        let mut pod = Value::Null;
+        self.wait(&format!("pod {name} Ready"), Duration::from_secs(60), |e| {
+            pod = e.pod(name)?;
+            Ok(pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+        .await
+        .with_context(|| format!("last seen: {}", pod["status"]))?;
+        Ok(pod)
+    }
+}
+
+#[test]
+fn pods_run_to_completion_and_crash_loops_back_off() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let env = Env::start().await?;
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hello}
+spec:
+  nodeName: node1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "echo hello from $(hostname); echo second line"]
+"#,
+        )?;
+        let pod = env.wait_phase("hello", "Succeeded").await?;
+        let cs = &pod["status"]["containerStatuses"][0];
+        assert_eq!(cs["state"]["terminated"]["exitCode"], 0, "{cs}");
+        assert_eq!(cs["state"]["terminated"]["reason"], "Completed", "{cs}");
+        assert!(
+            cs["containerID"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("containerd://")),
+            "{cs}"
+        );
+        assert!(
+            pod["status"]["podIP"]
+                .as_str()
+                .is_some_and(|ip| ip.starts_with("10.42.")),
+            "{}",
+            pod["status"]
+        );
+        assert_eq!(pod["status"]["qosClass"], "BestEffort");
+        let logs = env.kubectl(&["logs", "hello"])?;
+        assert_eq!(logs, "hello from hello\nsecond line\n");
+
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: bad}
+spec:
+  nodeName: node1
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["/no/such/binary"]
+"#,
+        )?;
+        // Each failed start counts; the container waits in CrashLoopBackOff between attempts, 10 s
+        // after the first failure, 20 s after the second.
+        let mut seen = std::collections::BTreeSet::new();
+        env.wait("bad to back off twice", Duration::from_secs(120), |e| {
+            let p = e.pod("bad")?;
+            let cs = &p["status"]["containerStatuses"][0];
+            let restarts = cs["restartCount"].as_i64().unwrap_or(0);
+            if let (Some(r), Some(m)) = (
+                cs["state"]["waiting"]["reason"].as_str(),
+                cs["state"]["waiting"]["message"].as_str(),
+            ) {
+                let delay = m.split_whitespace().nth(1).unwrap_or("").to_string();
+                seen.insert(format!("{r} {delay} at restartCount {restarts}"));
+                if r == "CrashLoopBackOff" {
+                    assert!(
+                        m.contains(" restarting failed container=main pod=bad_default("),
+                        "{m}"
+                    );
+                }
+            }
+            if let Some(r) = cs["lastState"]["terminated"]["reason"].as_str() {
+                seen.insert(format!("last {r}"));
+            }
+            Ok(seen.contains("CrashLoopBackOff 10s at restartCount 0")
+                && seen.contains("CrashLoopBackOff 20s at restartCount 1"))
+        })
+        .await
+        .with_context(|| format!("seen: {seen:?}"))?;
+        let p = env.pod("bad")?;
+        assert_eq!(p["status"]["phase"], "Running", "{}", p["status"]);
+        let events = env.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=bad",
+        ])?;
+        assert!(
+            events.contains("BackOff") && events.contains("Failed"),
+            "{events}"
+        );
+        Ok(())
+    });
+}
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config}
+data: {greeting: hello, mode: one}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: web-secret}
+stringData: {password: s3cr3t}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}, annotations: {note: from-annotations}}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "mkdir -p /www && echo ok > /www/healthz && echo hi > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, name: http}]
+    env:
+    - {name: GREETING, valueFrom: {configMapKeyRef: {name: web-config, key: greeting}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: web-secret, key: password}}}
+    - {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}
+    - {name: MEM_LIMIT, valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}}
+    - {name: COMBINED, value: "$(GREETING)-$(POD_NAME)"}
+    resources: {limits: {memory: 64Mi, cpu: 200m}}
+    readinessProbe: {httpGet: {path: /index.html, port: http}, periodSeconds: 1}
+    livenessProbe: {httpGet: {path: /healthz, port: 8080}, periodSeconds: 1, failureThreshold: 2}
+    volumeMounts:
+    - {name: config, mountPath: /etc/config}
+    - {name: secret, mountPath: /etc/secret}
+    - {name: podinfo, mountPath: /etc/podinfo}
+  volumes:
+  - name: config
+    configMap: {name: web-config}
+  - name: secret
+    secret: {secretName: web-secret, defaultMode: 0400}
+  - name: podinfo
+    downwardAPI:
+      items:
+      - {path: labels, fieldRef: {fieldPath: metadata.labels}}
+      - {path: annotations, fieldRef: {fieldPath: "metadata.annotations['note']"}}
+"#;
+
+#[test]
+fn probes_env_and_volumes_reach_the_container() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let env = Env::start().await?;
+        env.apply(WEB)?;
+        let pod = env.wait_ready("web").await?;
+        let ip = pod["status"]["podIP"].as_str().unwrap_or("").to_string();
+        assert_eq!(pod["status"]["qosClass"], "Guaranteed", "{}", pod["status"]);
+        let exec = |args: &[&str]| -> Result<String> {
+            let mut a = vec!["exec", "web", "--"];
+            a.extend_from_slice(args);
+            env.kubectl(&a)
+        };
+        let vars = exec(&["env"])?;
+        for want in [
+            "GREETING=hello".to_string(),
+            "PASSWORD=s3cr3t".into(),
+            "POD_NAME=web".into(),
+            format!("POD_IP={ip}"),
+            "MEM_LIMIT=64".into(),
+            "COMBINED=hello-web".into(),
+            "KUBERNETES_SERVICE_HOST=10.43.0.1".into(),
+        ] {
+            assert!(
+                vars.lines().any(|l| l == want),
+                "{want} missing from:\n{vars}"
+            );
+        }
+        assert_eq!(exec(&["cat", "/etc/config/greeting"])?, "hello");
+        assert_eq!(exec(&["cat", "/etc/secret/password"])?, "s3cr3t");
+        assert_eq!(
+            exec(&["stat", "-L", "-c", "%a", "/etc/secret/password"])?.trim(),
+            "400"
+        );
+        assert_eq!(exec(&["cat", "/etc/podinfo/labels"])?, "app=\"web\"");
+        assert_eq!(
+            exec(&["cat", "/etc/podinfo/annotations"])?,
+            "from-annotations"
+        );
+        let sa = "/var/run/secrets/kubernetes.io/serviceaccount";
+        assert_eq!(exec(&["cat", &format!("{sa}/namespace")])?, "default");
+        let token = exec(&["cat", &format!("{sa}/token")])?;
+        assert_eq!(token.split('.').count(), 3, "not a JWT: {token}");
+        assert!(exec(&["cat", &format!("{sa}/ca.crt")])?.contains("BEGIN CERTIFICATE"));
+        assert_eq!(
+            exec(&["cat", "/etc/hosts"])?.lines().last(),
+            Some(format!("{ip}\tweb").as_str())
+        );
+
+        // A ConfigMap update reaches the mounted file.
+        env.kubectl(&[
+            "patch",
+            "configmap",
+            "web-config",
+            "-p",
+            r#"{"data":{"greeting":"updated"}}"#,
+        ])?;
+        env.wait(
+            "the updated ConfigMap in the volume",
+            Duration::from_secs(60),
+            |e| Ok(e.kubectl(&["exec", "web", "--", "cat", "/etc/config/greeting"])? == "updated"),
+        )
+        .await?;
+
+        // Failing liveness restarts the container, which becomes Ready again.
+        exec(&["rm", "/www/healthz"])?;
+        env.wait(
+            "web restarted after liveness failed",
+            Duration::from_secs(60),
+            |e| {
+                let p = e.pod("web")?;
+                Ok(p["status"]["containerStatuses"][0]["restartCount"] == 1)
+            },
+        )
+        .await?;
+        env.wait_ready("web").await?;
+        let events = env.kubectl(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=web",
+        ])?;
+        assert!(events.contains("Liveness probe failed"), "{events}");
+        assert!(
+            events.contains("failed liveness probe, will be restarted"),
+            "{events}"
+        );
+        Ok(())
+    });
+}
