@@ -368,3 +368,216 @@ fn probes_env_and_volumes_reach_the_container() {
         Ok(())
     });
 }
+
+/// GET `http://<addr>:<port>/<path>` from inside `ns` (bash's /dev/tcp); returns the whole answer.
+fn get_from(ns: &str, addr: &str, port: u16, path: &str) -> Result<String> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{addr}/{port} && printf 'GET /{path} HTTP/1.0\\r\\nHost: {addr}\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
+    );
+    let out = Testbed::in_netns(ns, "bash")
+        .args(["-c", &script])
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn pods_reach_each_other_and_host_ports_reach_pods() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let mut env = Env::start().await?;
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: server}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "mkdir /www && echo served-by-pod > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080, hostPort: 30080}]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sleep", "3600"]
+"#,
+        )?;
+        let server = env.wait_ready("server").await?;
+        env.wait_ready("client").await?;
+        let ip = server["status"]["podIP"].as_str().unwrap_or("").to_string();
+        // Pod to pod over the node's bridge.
+        let body = env.kubectl(&[
+            "exec",
+            "client",
+            "--",
+            "wget",
+            "-qO-",
+            &format!("http://{ip}:8080/"),
+        ])?;
+        assert_eq!(body, "served-by-pod\n");
+        // The hostPort from another machine on the testbed bridge.
+        let (outside, _) = env.tb.add_netns("outside")?;
+        let node_ip = env.node.ip.clone();
+        let mut answer = String::new();
+        env.wait("the hostPort to answer", Duration::from_secs(30), |_| {
+            answer = get_from(&outside, &node_ip, 30080, "")?;
+            Ok(answer.contains("served-by-pod"))
+        })
+        .await
+        .with_context(|| format!("last answer: {answer:?}"))?;
+        Ok(())
+    });
+}
+
+#[test]
+fn limits_deadlines_and_graceful_deletion() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let env = Env::start().await?;
+        let marks = env.node.data_dir().join("marks");
+        std::fs::create_dir_all(&marks)?;
+        env.apply(&format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hog}}
+spec:
+  nodeName: node1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["tail", "/dev/zero"]
+    resources: {{limits: {{memory: 32Mi}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: deadline}}
+spec:
+  nodeName: node1
+  activeDeadlineSeconds: 3
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sleep", "3600"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: graceful}}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 20
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "trap 'echo TERM > /marks/term; sleep 2; echo done > /marks/done; exit 0' TERM; echo started > /marks/started; while true; do sleep 0.2; done"]
+    lifecycle:
+      preStop: {{exec: {{command: ["sh", "-c", "echo prestop > /marks/prestop"]}}}}
+    volumeMounts: [{{name: marks, mountPath: /marks}}]
+  volumes:
+  - name: marks
+    hostPath: {{path: {marks}, type: Directory}}
+"#,
+            marks = marks.display()
+        ))?;
+        let hog = env.wait_phase("hog", "Failed").await?;
+        let t = &hog["status"]["containerStatuses"][0]["state"]["terminated"];
+        assert_eq!(t["reason"], "OOMKilled", "{t}");
+        assert_eq!(t["exitCode"], 137, "{t}");
+
+        let dl = env.wait_phase("deadline", "Failed").await?;
+        assert_eq!(
+            dl["status"]["reason"], "DeadlineExceeded",
+            "{}",
+            dl["status"]
+        );
+        assert_eq!(
+            dl["status"]["message"],
+            "Pod was active on the node longer than the specified deadline"
+        );
+
+        env.wait_ready("graceful").await?;
+        env.wait("the graceful pod to start", Duration::from_secs(30), |_| {
+            Ok(marks.join("started").exists())
+        })
+        .await?;
+        let start = Instant::now();
+        // kubectl waits for the pod to be gone: the kubelet stops it within its grace period, then
+        // deletes it for good.
+        env.kubectl(&["delete", "pod", "graceful", "--timeout=60s"])?;
+        let took = start.elapsed();
+        assert_eq!(std::fs::read_to_string(marks.join("prestop"))?, "prestop\n");
+        assert_eq!(std::fs::read_to_string(marks.join("term"))?, "TERM\n");
+        assert_eq!(
+            std::fs::read_to_string(marks.join("done"))?,
+            "done\n",
+            "the container was killed before its grace period ended"
+        );
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+            "deletion took {took:?}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn running_containers_survive_kubelet_restarts() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let mut env = Env::start().await?;
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: steady}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "mkdir /www && echo up > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {httpGet: {path: /index.html, port: 8080}, periodSeconds: 1}
+"#,
+        )?;
+        let before = env.wait_ready("steady").await?;
+        let id = before["status"]["containerStatuses"][0]["containerID"].clone();
+        for how in ["SIGTERM", "SIGKILL"] {
+            if how == "SIGTERM" {
+                env.node.stop_kubelet();
+            } else {
+                env.node.kill_kubelet();
+            }
+            env.node.start_kubelet().await?;
+            // Give the restarted kubelet a few syncs; the pod must stay Ready throughout.
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until {
+                let p = env.pod("steady")?;
+                let ready = p["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                assert!(
+                    ready,
+                    "not Ready after the kubelet's {how} restart: {}",
+                    p["status"]
+                );
+                let cs = &p["status"]["containerStatuses"][0];
+                assert_eq!(cs["containerID"], id, "container replaced after {how}");
+                assert_eq!(cs["restartCount"], 0, "restarted after {how}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        Ok(())
+    });
+}
