@@ -488,7 +488,17 @@ async fn stream(
             );
         }
     };
-    match crate::streams::hand_over(req, &url).await {
+    let kind = if kind == "portForward" {
+        crate::streams::Kind::PortForward
+    } else {
+        crate::streams::Kind::RemoteCommand(crate::streams::bridge::Streams {
+            stdin: flag("stdin") || flag("input"),
+            stdout: flag("stdout") || flag("output"),
+            stderr: flag("stderr") || flag("error"),
+            tty: flag("tty"),
+        })
+    };
+    match crate::streams::hand_over(req, &url, kind).await {
         Ok(r) => r,
         Err(e) => text(StatusCode::BAD_GATEWAY, e),
     }

@@ -581,3 +581,194 @@ spec:
         Ok(())
     });
 }
+
+/// Runs kubectl with `envs`, feeding `stdin`; returns (exit code, stdout, stderr).
+fn kubectl_with(
+    env: &Env,
+    envs: &[(&str, &str)],
+    args: &[&str],
+    stdin: &str,
+) -> Result<(i32, String, String)> {
+    use std::io::Write as _;
+    let mut cmd = env.cluster.kubectl_cmd(args)?;
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn()?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(stdin.as_bytes())?;
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn logs_exec_and_port_forward_over_websocket_and_spdy() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let env = Env::start().await?;
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shell}
+spec:
+  nodeName: node1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "mkdir /www && echo forwarded > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: counter}
+spec:
+  nodeName: node1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sh", "-c", "sleep 2; for i in 1 2 3 4 5; do echo line $i; sleep 0.5; done"]
+"#,
+        )?;
+        env.wait_ready("shell").await?;
+        // `logs -f` follows the container until it ends.
+        env.wait_phase("counter", "Running").await?;
+        let followed = env.kubectl(&["logs", "-f", "counter"])?;
+        assert_eq!(followed, "line 1\nline 2\nline 3\nline 4\nline 5\n");
+        assert_eq!(
+            env.kubectl(&["logs", "counter", "--tail=2"])?,
+            "line 4\nline 5\n"
+        );
+
+        for (transport, envs) in [
+            ("websocket", vec![]),
+            ("spdy", vec![("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", "false")]),
+        ] {
+            // stdin to the end (v5 closes it), stdout, and the exit code.
+            let (code, out, err) = kubectl_with(
+                &env,
+                &envs,
+                &[
+                    "exec",
+                    "-i",
+                    "shell",
+                    "--",
+                    "sh",
+                    "-c",
+                    "cat; echo to-stderr >&2; exit 3",
+                ],
+                "piped\ninput\n",
+            )?;
+            assert_eq!(
+                (code, out.as_str()),
+                (3, "piped\ninput\n"),
+                "{transport}: {err}"
+            );
+            assert!(err.contains("to-stderr"), "{transport}: {err}");
+            // A terminal: `script` gives kubectl one, so the shell is interactive.
+            let cmd = env.cluster.kubectl_cmd(&[])?;
+            let kubectl = cmd.get_program().to_string_lossy().into_owned();
+            let vars: Vec<String> = cmd
+                .get_envs()
+                .filter_map(|(k, v)| {
+                    Some(format!("{}={}", k.to_string_lossy(), v?.to_string_lossy()))
+                })
+                .collect();
+            let line = format!(
+                "env {} {} {kubectl} exec -it shell -- sh",
+                vars.join(" "),
+                envs.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            let mut script = std::process::Command::new("script");
+            script
+                .args(["-qec", &line, "/dev/null"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = script.spawn()?;
+            {
+                use std::io::Write as _;
+                let mut stdin = child.stdin.take().context("stdin")?;
+                std::thread::sleep(Duration::from_secs(2));
+                stdin.write_all(b"echo tty-$((40+2)) $(tty)\n")?;
+                std::thread::sleep(Duration::from_millis(500));
+                stdin.write_all(b"exit 7\n")?;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let out = child.wait_with_output()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("tty-42 /dev/pts/"), "{transport}: {text}");
+            assert_eq!(out.status.code(), Some(7), "{transport}: {text}");
+        }
+        let log = env.node.kubelet_log();
+        assert!(
+            log.contains("bridging a WebSocket exec/attach to SPDY"),
+            "kubectl's WebSocket exec was not bridged"
+        );
+
+        for (transport, envs) in [
+            ("websocket", vec![]),
+            ("spdy", vec![("KUBECTL_PORT_FORWARD_WEBSOCKETS", "false")]),
+        ] {
+            let mut cmd = env
+                .cluster
+                .kubectl_cmd(&["port-forward", "pod/shell", ":8080"])?;
+            for (k, v) in &envs {
+                cmd.env(k, v);
+            }
+            let log = env
+                .node
+                .data_dir()
+                .join(format!("port-forward-{transport}.log"));
+            let mut pf = Proc::spawn("kubectl port-forward", &mut cmd, &log)?;
+            let mut port = 0u16;
+            env.wait(
+                "kubectl port-forward to listen",
+                Duration::from_secs(20),
+                |_| {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if let Some(p) = text
+                        .split("Forwarding from 127.0.0.1:")
+                        .nth(1)
+                        .and_then(|r| r.split_whitespace().next())
+                        .and_then(|p| p.parse().ok())
+                    {
+                        port = p;
+                    }
+                    Ok(port != 0 || !pf.alive())
+                },
+            )
+            .await?;
+            assert!(
+                port != 0,
+                "{transport}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            for _ in 0..2 {
+                let (code, body) = k3rs_tests::http_get(port, "/index.html")?;
+                assert_eq!((code, body.as_str()), (200, "forwarded\n"), "{transport}");
+            }
+        }
+        assert!(
+            env.node
+                .kubelet_log()
+                .contains("tunnelling a WebSocket port-forward to SPDY"),
+            "kubectl's WebSocket port-forward was not tunnelled"
+        );
+        Ok(())
+    });
+}

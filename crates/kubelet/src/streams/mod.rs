@@ -1,6 +1,11 @@
-//! Hands an exec/attach/port-forward request to the CRI runtime's streaming server: the request goes to
-//! the URL CRI gave (`http://127.0.0.1:<port>/exec/<token>`), its upgrade (SPDY/3.1 or WebSocket) is
-//! completed on both sides, and the two connections are spliced byte for byte.
+//! Hands an exec/attach/port-forward request to the CRI runtime's streaming server at the URL CRI gave
+//! (`http://127.0.0.1:<port>/exec/<token>`). SPDY/3.1 upgrades (and anything else) are completed on
+//! both sides and the connections spliced byte for byte; kubectl's WebSocket transports
+//! (`v5.channel.k8s.io`, SPDY tunnelled for port-forward) are bridged to SPDY (`bridge`).
+
+pub mod bridge;
+pub mod spdy;
+pub mod ws;
 
 use std::convert::Infallible;
 
@@ -37,8 +42,60 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
         && req.headers().contains_key(header::UPGRADE)
 }
 
-/// Sends `req` to `url` on the runtime's streaming server and splices the upgraded connections.
-pub async fn hand_over(mut req: Request<Incoming>, url: &str) -> Result<Response<Body>, String> {
+/// What kind of stream a request asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    RemoteCommand(bridge::Streams),
+    PortForward,
+}
+
+/// The WebSocket subprotocols a request offers, if it is a WebSocket upgrade.
+fn websocket_protocols(req: &Request<Incoming>) -> Option<Vec<String>> {
+    let ws = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    ws.then(|| {
+        req.headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|p| p.trim().to_string())
+            .collect()
+    })
+}
+
+/// Sends `req` to the runtime's streaming server at `url`: bridged when it is one of kubectl's
+/// WebSocket transports, spliced otherwise.
+pub async fn hand_over(
+    req: Request<Incoming>,
+    url: &str,
+    kind: Kind,
+) -> Result<Response<Body>, String> {
+    if let Some(protocols) = websocket_protocols(&req) {
+        match kind {
+            Kind::RemoteCommand(s) => {
+                if let Some(p) = ["v5.channel.k8s.io", "v4.channel.k8s.io"]
+                    .into_iter()
+                    .find(|p| protocols.iter().any(|x| x == p))
+                {
+                    return bridge::remote_command(req, url, p, s).await;
+                }
+            }
+            Kind::PortForward => {
+                if protocols.iter().any(|x| x == bridge::TUNNEL_PROTOCOL) {
+                    return bridge::port_forward_tunnel(req, url).await;
+                }
+            }
+        }
+    }
+    splice(req, url).await
+}
+
+/// Forwards `req` to `url` and splices the upgraded connections.
+async fn splice(mut req: Request<Incoming>, url: &str) -> Result<Response<Body>, String> {
     let parsed: hyper::Uri = url
         .parse()
         .map_err(|e| format!("CRI streaming URL {url:?}: {e}"))?;
