@@ -43,12 +43,15 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("apiserver") => crate::bench_apiserver::run(rounds, only),
         Some("controllers") => crate::bench_controllers::run(rounds, only),
         Some("scheduler") => crate::bench_scheduler::run(rounds, only),
+        Some("kubelet") => crate::bench_kubelet::run(rounds, only),
         Some(other) => {
-            bail!("unknown benchmark {other:?} (known: kine, apiserver, controllers, scheduler)")
+            bail!(
+                "unknown benchmark {other:?} (known: kine, apiserver, controllers, scheduler, kubelet)"
+            )
         }
         None => {
             bail!(
-                "usage: cargo xtask bench <name> (known: kine, apiserver, controllers, scheduler)"
+                "usage: cargo xtask bench <name> (known: kine, apiserver, controllers, scheduler, kubelet)"
             )
         }
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_apiserver;
 mod bench_controllers;
+mod bench_kubelet;
 mod bench_scheduler;
 mod cluster;
 mod codegen;
@@ -22,7 +23,7 @@ commands:
   test [FILTER...]        what CI runs: deps, database fixtures, fmt, clippy, every test
                           (FILTERs narrow the test run, e.g. `cargo xtask test kine`)
   bench <name>            run a benchmark beside its peer; writes docs/benchmarks/<name>.md
-                          (names: kine, apiserver, controllers, scheduler)
+                          (names: kine, apiserver, controllers, scheduler, kubelet)
   cluster-up [--datastore sqlite|postgres|mysql]
                           start what exists of a cluster (today: kine and the apiserver), print the kubeconfig
   cluster-down            stop what cluster-up started

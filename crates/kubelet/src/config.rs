@@ -89,6 +89,8 @@ pub struct Config {
     pub node_lease_duration_seconds: i32,
     /// The cgroup every pod's cgroup goes under (`/kubepods`).
     pub cgroup_root: String,
+    /// Static pod manifests (`<data-dir>/agent/pod-manifests`).
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 impl Config {
@@ -120,6 +122,7 @@ impl Config {
             node_status_update_frequency: Duration::from_secs(10),
             node_lease_duration_seconds: 40,
             cgroup_root: "/kubepods".into(),
+            pod_manifest_path: None,
         }
     }
 }

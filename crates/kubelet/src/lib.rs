@@ -162,7 +162,7 @@ async fn run_on_runtime(
     tokio::spawn(node::renew_lease(
         client.clone(),
         config.clone(),
-        node_uid,
+        node_uid.clone(),
         shutdown.clone(),
     ));
 
@@ -208,6 +208,8 @@ async fn run_on_runtime(
         services,
         events: Recorder::new(client.clone(), "kubelet"),
         pods: Default::default(),
+        manifest_dir: config.pod_manifest_path.clone(),
+        node_uid,
     });
 
     let addr = SocketAddr::new(config.address, config.port);

@@ -126,6 +126,9 @@ struct Args {
     /// Hard eviction thresholds (memory.available<100Mi)
     #[arg(long, env = "K3RS_EVICTION_HARD", value_delimiter = ',')]
     eviction_hard: Vec<String>,
+    /// Static pod manifests (default: <data-dir>/agent/pod-manifests)
+    #[arg(long, env = "K3RS_POD_MANIFEST_PATH")]
+    pod_manifest_path: Option<PathBuf>,
     /// The cgroup pods' cgroups go under (cgroupfs)
     #[arg(long, env = "K3RS_CGROUP_ROOT", default_value = "/kubepods")]
     cgroup_root: String,
@@ -177,6 +180,10 @@ fn build(args: Args) -> Result<Config, String> {
         )),
     };
     let mut c = Config::new(&node_name, runtime, args.data_dir.join("agent"));
+    c.pod_manifest_path = Some(
+        args.pod_manifest_path
+            .unwrap_or_else(|| args.data_dir.join("agent/pod-manifests")),
+    );
     c.kubeconfig = args.kubeconfig;
     c.node_ips = args.node_ip;
     c.node_external_ips = args.node_external_ip;

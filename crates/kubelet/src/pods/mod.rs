@@ -7,6 +7,7 @@ pub mod containers;
 pub mod env;
 pub mod probe;
 pub mod spec;
+pub mod static_pods;
 pub mod status;
 pub mod worker;
 
@@ -40,6 +41,10 @@ pub struct Shared {
     pub events: Recorder,
     /// The pods this kubelet runs, by UID (for the kubelet API's `/pods`).
     pub pods: RwLock<HashMap<String, Arc<Pod>>>,
+    /// Where static pod manifests are read from.
+    pub manifest_dir: Option<std::path::PathBuf>,
+    /// The Node's UID (mirror pods' owner).
+    pub node_uid: String,
 }
 
 /// `namespace/name`.
@@ -54,6 +59,8 @@ pub fn pod_key(pod: &Pod) -> String {
 struct Handle {
     tx: watch::Sender<Option<Arc<Pod>>>,
     wake: Arc<Notify>,
+    /// Set to make the worker write its status again (a static pod's mirror was made anew).
+    rewrite_status: Arc<std::sync::atomic::AtomicBool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -68,12 +75,18 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
     relist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut fingerprints: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     let mut cri = sh.cri.clone();
+    let mut statics = Statics::default();
+    let mut tick = 0u64;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             ev = stream.next() => match ev {
                 Some(Ok(watcher::Event::Init)) => listing = Some(HashSet::new()),
                 Some(Ok(watcher::Event::InitApply(pod))) => {
+                    if static_pods::is_mirror(&pod) {
+                        statics.mirror_seen(pod);
+                        continue;
+                    }
                     if let (Some(seen), Some(uid)) = (listing.as_mut(), pod.metadata.uid.clone()) {
                         seen.insert(uid);
                     }
@@ -81,7 +94,12 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
                 }
                 Some(Ok(watcher::Event::InitDone)) => {
                     let seen = listing.take().unwrap_or_default();
-                    let gone: Vec<String> = workers.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+                    statics.rescan(&sh, &mut workers, &shutdown);
+                    let gone: Vec<String> = workers
+                        .keys()
+                        .filter(|u| !seen.contains(*u) && !statics.pods.contains_key(*u))
+                        .cloned()
+                        .collect();
                     for uid in gone {
                         remove(&sh, &mut workers, &uid);
                     }
@@ -92,7 +110,16 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
                             spawn(&sh, &mut workers, uid, None, &shutdown);
                         }
                     }
+                    statics.sync_mirrors(&sh, &workers).await;
                     let _ = synced.send(true);
+                }
+                Some(Ok(watcher::Event::Apply(pod))) if static_pods::is_mirror(&pod) => {
+                    statics.mirror_seen(pod);
+                    statics.sync_mirrors(&sh, &workers).await;
+                }
+                Some(Ok(watcher::Event::Delete(pod))) if static_pods::is_mirror(&pod) => {
+                    statics.mirror_gone(&pod);
+                    statics.sync_mirrors(&sh, &workers).await;
                 }
                 Some(Ok(watcher::Event::Apply(pod))) => apply(&sh, &mut workers, pod, &shutdown),
                 Some(Ok(watcher::Event::Delete(pod))) => {
@@ -104,6 +131,11 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
                 None => break,
             },
             _ = relist.tick() => {
+                tick += 1;
+                if tick.is_multiple_of(5) && listing.is_none() {
+                    statics.rescan(&sh, &mut workers, &shutdown);
+                    statics.sync_mirrors(&sh, &workers).await;
+                }
                 workers.retain(|uid, h| {
                     let alive = !h.task.is_finished();
                     if !alive {
@@ -145,9 +177,23 @@ fn spawn(
 ) {
     let (tx, rx) = watch::channel(pod);
     let wake = Arc::new(Notify::new());
-    let w = worker::Worker::new(sh.clone(), uid.clone(), wake.clone());
+    let rewrite_status = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let w = worker::Worker::new(
+        sh.clone(),
+        uid.clone(),
+        wake.clone(),
+        rewrite_status.clone(),
+    );
     let task = tokio::spawn(w.run(rx, shutdown.child_token()));
-    workers.insert(uid, Handle { tx, wake, task });
+    workers.insert(
+        uid,
+        Handle {
+            tx,
+            wake,
+            rewrite_status,
+            task,
+        },
+    );
 }
 
 fn apply(
@@ -173,5 +219,122 @@ fn remove(sh: &Arc<Shared>, workers: &mut HashMap<String, Handle>, uid: &str) {
     sh.pods.write().remove(uid);
     if let Some(h) = workers.get(uid) {
         h.tx.send_replace(None);
+    }
+}
+
+/// The static pods from the manifest directory and the mirror pods the API has for them.
+#[derive(Default)]
+struct Statics {
+    /// By UID (the manifest's hash).
+    pods: std::collections::BTreeMap<String, Arc<Pod>>,
+    /// Mirror pods by `namespace/name`.
+    mirrors: HashMap<String, Pod>,
+}
+
+impl Statics {
+    fn mirror_seen(&mut self, pod: Pod) {
+        self.mirrors.insert(pod_key(&pod), pod);
+    }
+
+    fn mirror_gone(&mut self, pod: &Pod) {
+        let key = pod_key(pod);
+        if self.mirrors.get(&key).map(|m| &m.metadata.uid) == Some(&pod.metadata.uid) {
+            self.mirrors.remove(&key);
+        }
+    }
+
+    /// Reads the manifests again: new pods start, removed or changed ones stop.
+    fn rescan(
+        &mut self,
+        sh: &Arc<Shared>,
+        workers: &mut HashMap<String, Handle>,
+        shutdown: &CancellationToken,
+    ) {
+        let Some(dir) = &sh.manifest_dir else { return };
+        let found = static_pods::load(dir, &sh.node_name);
+        let gone: Vec<String> = self
+            .pods
+            .keys()
+            .filter(|u| !found.contains_key(*u))
+            .cloned()
+            .collect();
+        for uid in gone {
+            tracing::info!(uid = %uid, "static pod manifest removed");
+            self.pods.remove(&uid);
+            remove(sh, workers, &uid);
+        }
+        for (uid, pod) in found {
+            if self.pods.contains_key(&uid) {
+                continue;
+            }
+            tracing::info!(pod = %pod_key(&pod), uid = %uid, "static pod from a manifest");
+            let pod = Arc::new(pod);
+            self.pods.insert(uid, pod.clone());
+            apply(sh, workers, (*pod).clone(), shutdown);
+        }
+    }
+
+    /// Makes each static pod's mirror exist and match; deletes mirrors of no static pod.
+    async fn sync_mirrors(&mut self, sh: &Arc<Shared>, workers: &HashMap<String, Handle>) {
+        let api = |ns: &str| kube::Api::<Pod>::namespaced(sh.client.clone(), ns);
+        let want: HashMap<String, &Arc<Pod>> =
+            self.pods.values().map(|p| (pod_key(p), p)).collect();
+        for (key, mirror) in &self.mirrors {
+            let hash = static_pods::mirror_hash(mirror);
+            let current = want.get(key).and_then(|p| p.metadata.uid.as_deref());
+            if current.is_none() || hash != current || mirror.metadata.deletion_timestamp.is_some()
+            {
+                delete_mirror(
+                    &api(mirror.metadata.namespace.as_deref().unwrap_or("default")),
+                    mirror,
+                )
+                .await;
+            }
+        }
+        for (key, pod) in want {
+            let fresh = self.mirrors.get(&key).is_some_and(|m| {
+                static_pods::mirror_hash(m) == pod.metadata.uid.as_deref()
+                    && m.metadata.deletion_timestamp.is_none()
+            });
+            if fresh {
+                continue;
+            }
+            let m = static_pods::mirror_of(pod, &sh.node_name, &sh.node_uid);
+            let ns = m
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            match api(&ns).create(&kube::api::PostParams::default(), &m).await {
+                Ok(created) => {
+                    tracing::info!(pod = %key, "created the mirror pod");
+                    self.mirrors.insert(key, created);
+                    if let Some(h) = pod.metadata.uid.as_deref().and_then(|u| workers.get(u)) {
+                        h.rewrite_status
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        h.wake.notify_one();
+                    }
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => tracing::warn!(pod = %key, error = %e, "creating the mirror pod"),
+            }
+        }
+    }
+}
+
+async fn delete_mirror(api: &kube::Api<Pod>, mirror: &Pod) {
+    let dp = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(kube::api::Preconditions {
+            uid: mirror.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    let name = mirror.metadata.name.as_deref().unwrap_or("");
+    if let Err(e) = api.delete(name, &dp).await
+        && !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
+    {
+        tracing::warn!(pod = name, error = %e, "deleting a stale mirror pod");
     }
 }

@@ -66,6 +66,7 @@ pub struct Worker {
     /// The current sandbox and its addresses.
     ips: (String, Vec<String>),
     forced: Option<(&'static str, String, String)>,
+    rewrite_status: Arc<std::sync::atomic::AtomicBool>,
     finished: bool,
     delete_sent: bool,
     last_pod: Option<Arc<Pod>>,
@@ -87,7 +88,12 @@ fn is_sidecar(c: &Container) -> bool {
 }
 
 impl Worker {
-    pub fn new(sh: Arc<Shared>, uid: String, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        sh: Arc<Shared>,
+        uid: String,
+        wake: Arc<Notify>,
+        rewrite_status: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         let cri = sh.cri.clone();
         Self {
             sh,
@@ -105,6 +111,7 @@ impl Worker {
             waiting: HashMap::new(),
             ips: (String::new(), Vec::new()),
             forced: None,
+            rewrite_status,
             finished: false,
             delete_sent: false,
             last_pod: None,
@@ -150,6 +157,12 @@ impl Worker {
 
     async fn sync(&mut self, pod: Option<Arc<Pod>>) -> Result<Next, crate::cri::Error> {
         tracing::debug!(uid = %self.uid, pod = ?pod.as_deref().map(pod_key), "syncing pod");
+        if self
+            .rewrite_status
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            self.last_status = None;
+        }
         let rt = runtime::list_pod(&mut self.cri, &self.uid).await?;
         let Some(pod) = pod else {
             self.cleanup(rt).await;
@@ -160,6 +173,9 @@ impl Worker {
             return self.terminate(&pod, rt).await;
         }
         if self.finished {
+            if self.last_status.is_none() {
+                self.write_status(&pod, &rt, None).await;
+            }
             return Ok(Next::After(RESYNC));
         }
         let api_phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -696,7 +712,12 @@ impl Worker {
         if self.last_status.as_ref() == Some(&comparable) {
             return phase;
         }
-        let patch = json!({"metadata": {"uid": self.uid}, "status": value});
+        // A static pod's status goes to its mirror pod, whose UID is the API's own.
+        let patch = if super::static_pods::is_static(pod) {
+            json!({"status": value})
+        } else {
+            json!({"metadata": {"uid": self.uid}, "status": value})
+        };
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let name = pod.metadata.name.as_deref().unwrap_or("");
         match Api::<Pod>::namespaced(self.sh.client.clone(), ns)

@@ -772,3 +772,65 @@ spec:
         Ok(())
     });
 }
+
+#[test]
+fn static_pods_run_from_manifests_with_mirror_pods() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let env = Env::start().await?;
+        let dir = env.node.data_dir().join("agent/pod-manifests");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("web.yaml"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: static-web, namespace: kube-system, labels: {tier: edge}}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: docker.io/library/busybox:1.35\n    command: [\"sh\", \"-c\", \"echo static; exec sleep 3600\"]\n",
+        )?;
+        let mirror_of =
+            |e: &Env| e.get_json(&["-n", "kube-system", "get", "pod", "static-web-node1"]);
+        let mut mirror = Value::Null;
+        env.wait("the mirror pod Running", Duration::from_secs(60), |e| {
+            mirror = mirror_of(e)?;
+            Ok(mirror["status"]["phase"] == "Running")
+        })
+        .await?;
+        let annotations = &mirror["metadata"]["annotations"];
+        assert_eq!(annotations["kubernetes.io/config.source"], "file");
+        assert_eq!(
+            annotations["kubernetes.io/config.mirror"],
+            annotations["kubernetes.io/config.hash"]
+        );
+        assert_eq!(mirror["metadata"]["ownerReferences"][0]["kind"], "Node");
+        assert_eq!(
+            env.kubectl(&["-n", "kube-system", "logs", "static-web-node1"])?,
+            "static\n"
+        );
+        let id = mirror["status"]["containerStatuses"][0]["containerID"].clone();
+        let uid = mirror["metadata"]["uid"].clone();
+        // Deleting the mirror does not stop the static pod: the mirror comes back, same container.
+        env.kubectl(&[
+            "-n",
+            "kube-system",
+            "delete",
+            "pod",
+            "static-web-node1",
+            "--wait=false",
+        ])?;
+        env.wait("the mirror pod made again", Duration::from_secs(60), |e| {
+            let m = mirror_of(e)?;
+            Ok(m["metadata"]["uid"] != uid
+                && m["status"]["containerStatuses"][0]["containerID"] == id)
+        })
+        .await?;
+        // Removing the manifest stops the pod and removes the mirror.
+        std::fs::remove_file(dir.join("web.yaml"))?;
+        env.wait("the mirror pod gone", Duration::from_secs(60), |e| {
+            Ok(!e
+                .cluster
+                .run(
+                    &["-n", "kube-system", "get", "pod", "static-web-node1"],
+                    None,
+                )?
+                .ok)
+        })
+        .await?;
+        Ok(())
+    });
+}

@@ -1,0 +1,187 @@
+//! The load generator of `cargo xtask bench kubelet`: a testbed node (k3rs-kubelet with its containerd,
+//! k3rs-flannel) against kine/SQLite, k3rs-apiserver and the controller-manager, all release builds.
+//! It measures the kubelet's and containerd's RSS idle, then creates 100 pods 10 at a time (each batch
+//! once the previous one runs) and times each from its create request to the `Running` phase seen by a
+//! pod watch; then the RSS with 100 pods. Prints one JSON line of figures.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use k3rs_tests::testbed::{AgentNode, Testbed};
+use k3rs_tests::{Backend, Cluster};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+
+const PODS: usize = 100;
+const BATCH: usize = 10;
+
+fn rss_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn pod(name: &str) -> Result<Pod> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"bench": "kubelet"}},
+        "spec": {
+            "nodeName": "bench-node",
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{
+                "name": "main",
+                "image": "docker.io/rancher/mirrored-pause:3.6",
+                "resources": {"requests": {"cpu": "1m", "memory": "1Mi"}},
+            }],
+        },
+    }))?)
+}
+
+async fn bench() -> Result<String> {
+    let mut tb = Testbed::create()?;
+    let cluster = Cluster::start_on(
+        Backend::Sqlite,
+        &tb.gateway.clone(),
+        &["--enable-admission-plugins=ServiceAccount"],
+    )
+    .await?;
+    let _cm = cluster.start_controller_manager("*").await?;
+    let node = AgentNode::start(&mut tb, &cluster, "bench-node", &["--max-pods", "200"]).await?;
+    let kc = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(cluster.kubeconfig())?,
+        &Default::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(kc)?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "default");
+    let start = Instant::now();
+    while sa.get_opt("default").await?.is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("no default ServiceAccount");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Idle: registered, nothing to run, a few status and lease rounds behind it.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let kubelet_pid = node.kubelet.as_ref().context("kubelet")?.pid();
+    let containerd_pid: u32 = std::fs::read_to_string(node.data_dir().join("run/containerd.pid"))?
+        .trim()
+        .parse()?;
+    let idle = (rss_mb(kubelet_pid), rss_mb(containerd_pid));
+    eprintln!(
+        "kubelet-bench: idle RSS kubelet {:.1} MB, containerd {:.1} MB",
+        idle.0, idle.1
+    );
+
+    // Running phases as the watch sees them.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let w = pods.clone();
+    let watch = tokio::spawn(async move {
+        let mut s = std::pin::pin!(
+            watcher(w, watcher::Config::default().labels("bench=kubelet")).applied_objects()
+        );
+        while let Some(Ok(p)) = s.next().await {
+            if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") {
+                let _ = tx.send((p.metadata.name.unwrap_or_default(), Instant::now()));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut created: HashMap<String, Instant> = HashMap::new();
+    let mut running: HashMap<String, Instant> = HashMap::new();
+    let all = Instant::now();
+    for batch in 0..PODS / BATCH {
+        let names: Vec<String> = (0..BATCH)
+            .map(|i| format!("bench-{}", batch * BATCH + i))
+            .collect();
+        for n in &names {
+            created.insert(n.clone(), Instant::now());
+            pods.create(&PostParams::default(), &pod(n)?).await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while names.iter().any(|n| !running.contains_key(n)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, rx.recv()).await {
+                Ok(Some((n, at))) => {
+                    running.entry(n).or_insert(at);
+                }
+                _ => bail!(
+                    "batch {batch}: pods not Running after 120 s:\n{}",
+                    node.log_tails(30)
+                ),
+            }
+        }
+        eprintln!("kubelet-bench: {} pods running", running.len());
+    }
+    let all_running = all.elapsed().as_secs_f64();
+    watch.abort();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let loaded = (rss_mb(kubelet_pid), rss_mb(containerd_pid));
+    let mut lat: Vec<f64> = created
+        .iter()
+        .filter_map(|(n, c)| {
+            running
+                .get(n)
+                .map(|r| r.duration_since(*c).as_secs_f64() * 1e3)
+        })
+        .collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let out = format!(
+        "{{\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"all_running_s\":{all_running:.2},\"kubelet_idle_mb\":{:.1},\"containerd_idle_mb\":{:.1},\"kubelet_100_mb\":{:.1},\"containerd_100_mb\":{:.1}}}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        idle.0,
+        idle.1,
+        loaded.0,
+        loaded.1
+    );
+    // Clean up through the API so the node tears its pods down itself.
+    let _ = pods
+        .delete_collection(
+            &DeleteParams::default(),
+            &kube::api::ListParams::default().labels("bench=kubelet"),
+        )
+        .await;
+    let start = Instant::now();
+    while !pods
+        .list(&kube::api::ListParams::default().labels("bench=kubelet"))
+        .await?
+        .items
+        .is_empty()
+        && start.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(node);
+    drop(cluster);
+    drop(tb);
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let line = rt.block_on(bench())?;
+    println!("{line}");
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! `cargo xtask bench kubelet`: pod start latency, the time to 100 running pods on one node, and the
+//! kubelet's and containerd's memory, on a testbed node (release builds; `kubelet-bench` drives it).
+//! The peer is the published figure: upstream's pod-startup SLO and K3s's agent footprint. Writes
+//! `docs/benchmarks/kubelet.md`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::bench::{json_number, machine, median, revision};
+use crate::util;
+
+const METRICS: &[&str] = &[
+    "p50_ms",
+    "p99_ms",
+    "all_running_s",
+    "kubelet_idle_mb",
+    "kubelet_100_mb",
+    "containerd_idle_mb",
+    "containerd_100_mb",
+];
+
+pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
+    if only.is_some() {
+        bail!("the kubelet benchmark has no --only subjects");
+    }
+    crate::deps::install()?;
+    crate::images::build()?;
+    eprintln!("bench: building release binaries");
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "k3rs-kine",
+        "-p",
+        "k3rs-apiserver",
+        "-p",
+        "k3rs-controller-manager",
+        "-p",
+        "k3rs-kubelet",
+        "-p",
+        "k3rs-flannel",
+        "-p",
+        "k3rs-tests",
+        "--bins",
+    ]))?;
+    let started = Instant::now();
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
+    for round in 0..rounds {
+        eprintln!("bench: round {}/{rounds}: kubelet", round + 1);
+        let mut cmd = Command::new(util::root().join("target/release/kubelet-bench"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", util::describe(&cmd)))?;
+        if !out.status.success() {
+            bail!("kubelet-bench failed ({})", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or("");
+        for (i, m) in METRICS.iter().enumerate() {
+            results[i].push(json_number(line, m).with_context(|| format!("{m} in {line:?}"))?);
+        }
+    }
+    let report = render(&results, started.elapsed(), rounds);
+    crate::bench_apiserver::publish("kubelet", &report, rounds, &None)
+}
+
+fn render(results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {
+    let get = |m: &str| {
+        METRICS
+            .iter()
+            .position(|x| *x == m)
+            .map_or(f64::NAN, |i| median(&results[i]))
+    };
+    let pass = |ok: bool| if ok { "pass" } else { "miss" };
+    let (p50, p99, all) = (get("p50_ms"), get("p99_ms"), get("all_running_s"));
+    let (idle, loaded) = (get("kubelet_idle_mb"), get("kubelet_100_mb"));
+    let (cd_idle, cd_loaded) = (get("containerd_idle_mb"), get("containerd_100_mb"));
+    let mut out = String::from("# Benchmark: kubelet\n\n");
+    out.push_str(&format!(
+        "`cargo xtask bench kubelet` (k3rs {}): one testbed node — k3rs-kubelet (release) supervising \
+         Debian's containerd {} with runc, k3rs-flannel's bridge CNI — in its own network namespace, \
+         against k3rs-apiserver over kine/SQLite and the controller-manager; {rounds} rounds, medians of \
+         the rounds. `kubelet-bench` (kube-rs) creates 100 pods (one pause container, image present from \
+         the air-gap import, a projected ServiceAccount token volume as admission adds it) 10 at a time, \
+         each batch once the previous one runs; a pod's start latency runs from its create request to \
+         the `Running` phase seen by a pod watch. RSS is read from /proc after 15 s idle and 10 s after \
+         the 100th pod runs.\n\nMachine: {}. Run took {:.0} s.\n\n",
+        revision(),
+        containerd_version(),
+        machine(),
+        elapsed.as_secs_f64()
+    ));
+    out.push_str(
+        "| measure | k3rs | peer (published) | target | result |\n|---|---:|---:|---|---|\n",
+    );
+    out.push_str(&format!(
+        "| pod start latency p50 | {p50:.0} ms | – | ≤ 500 ms | {} |\n",
+        pass(p50 <= 500.0)
+    ));
+    out.push_str(&format!(
+        "| pod start latency p99 | {p99:.0} ms | ≤ 5 s (upstream's pod-startup SLO) ¹ | ≤ 1.5 s | {} |\n",
+        pass(p99 <= 1500.0)
+    ));
+    out.push_str(&format!(
+        "| 100 pods Running on one node | {all:.1} s | – | | |\n"
+    ));
+    out.push_str(&format!(
+        "| kubelet RSS idle | {idle:.1} MB | ~275 MB (K3s agent, all in one) ² | ≤ 25 MB | {} |\n",
+        pass(idle <= 25.0)
+    ));
+    out.push_str(&format!(
+        "| kubelet RSS with 100 pods | {loaded:.1} MB | – | ≤ 60 MB | {} |\n",
+        pass(loaded <= 60.0)
+    ));
+    out.push_str(&format!(
+        "| containerd RSS idle | {cd_idle:.1} MB | | | |\n"
+    ));
+    out.push_str(&format!(
+        "| containerd RSS with 100 pods | {cd_loaded:.1} MB | | | |\n\n"
+    ));
+    out.push_str(
+        "¹ Kubernetes' pod-startup SLI/SLO: 99th percentile of stateless pods' startup (image present) \
+         ≤ 5 s, measured on large clusters. ² K3s's documented agent footprint; it includes containerd, \
+         flannel and kube-proxy, which here are measured or run apart.\n\nPer round:\n\n",
+    );
+    out.push_str("| round | p50 ms | p99 ms | all running s | kubelet idle MB | kubelet 100 MB | containerd idle MB | containerd 100 MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in 0..rounds {
+        let v: Vec<String> = results
+            .iter()
+            .map(|m| m.get(r).map_or("–".into(), |x| format!("{x:.1}")))
+            .collect();
+        out.push_str(&format!("| {} | {} |\n", r + 1, v.join(" | ")));
+    }
+    out
+}
+
+fn containerd_version() -> String {
+    Command::new("containerd")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.split_whitespace().nth(2).map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
