@@ -10,10 +10,12 @@ pub mod containerd;
 pub mod cri;
 pub mod images;
 pub mod logs;
+pub mod metrics;
 pub mod node;
 pub mod pods;
 pub mod runtime;
 pub mod server;
+pub mod stats;
 pub mod streams;
 pub mod tls;
 pub mod volumes;
@@ -77,9 +79,10 @@ pub async fn run_with_readiness(
             source,
         })?;
     }
-    let registry = prometheus_client::registry::Registry::default();
+    let (metrics, registry) = metrics::Metrics::new();
+    let registry = Arc::new(registry);
     if let Some(addr) = config.healthz_address {
-        let state = HealthState::new(ready.clone(), Arc::new(registry));
+        let state = HealthState::new(ready.clone(), registry.clone());
         HealthServer::spawn(addr, state, &shutdown)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
@@ -96,7 +99,7 @@ pub async fn run_with_readiness(
         }
         Runtime::Endpoint(e) => (e.clone(), cri::socket_path(e).to_path_buf(), None),
     };
-    let result = run_on_runtime(&config, &endpoint, socket, shutdown.clone(), ready).await;
+    let result = run_on_runtime(&config, &endpoint, socket, shutdown.clone(), ready, (metrics, registry)).await;
     // Stopping containerd (alone) leaves the containers running.
     runtime_stop.cancel();
     if let Some(task) = supervisor {
@@ -111,6 +114,7 @@ async fn run_on_runtime(
     socket: std::path::PathBuf,
     shutdown: CancellationToken,
     ready: Readiness,
+    (metrics, registry): (Arc<metrics::Metrics>, Arc<prometheus_client::registry::Registry>),
 ) -> Result<(), Error> {
     let mut cri = cri::Cri::connect(endpoint).await?;
     let version = cri.version().await?;
@@ -209,6 +213,7 @@ async fn run_on_runtime(
         events: Recorder::new(client.clone(), "kubelet"),
         pods: Default::default(),
         manifest_dir: config.pod_manifest_path.clone(),
+        metrics,
         node_uid,
     });
 
@@ -220,6 +225,7 @@ async fn run_on_runtime(
     let server = Arc::new(server::Server::new(
         sh.clone(),
         config.client_ca_file.is_some(),
+        registry,
     ));
     tokio::spawn(server::serve(server, listener, acceptor, shutdown.clone()));
     tracing::info!(address = %addr, "serving the kubelet API");

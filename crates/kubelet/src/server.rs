@@ -45,15 +45,19 @@ type DecisionKey = (String, String, String);
 /// The API server's state.
 pub struct Server {
     pub sh: Arc<Shared>,
+    registry: Arc<prometheus_client::registry::Registry>,
+    node_cpu: Arc<crate::stats::NodeCpu>,
     /// Whether clients must present a certificate (and are then authorized by SubjectAccessReview).
     pub authenticate: bool,
     decisions: Mutex<HashMap<DecisionKey, (bool, Instant)>>,
 }
 
 impl Server {
-    pub fn new(sh: Arc<Shared>, authenticate: bool) -> Self {
+    pub fn new(sh: Arc<Shared>, authenticate: bool, registry: Arc<prometheus_client::registry::Registry>) -> Self {
         Self {
             sh,
+            registry,
+            node_cpu: Arc::default(),
             authenticate,
             decisions: Mutex::new(HashMap::new()),
         }
@@ -212,6 +216,16 @@ async fn handle(server: &Server, caller: Option<Caller>, req: Request<Incoming>)
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     match parts.as_slice() {
         ["pods"] => pods(server),
+        ["stats", "summary"] => stats(server, false).await,
+        ["metrics", "resource"] => stats(server, true).await,
+        ["metrics"] => {
+            let mut text = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut text, &server.registry);
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .body(Full::new(Bytes::from(text)).boxed())
+                .unwrap_or_default()
+        }
         ["containerLogs", ns, pod, container] => {
             container_logs(server, ns, pod, container, req.uri().query().unwrap_or("")).await
         }
@@ -240,6 +254,38 @@ fn pods(server: &Server) -> Response<Body> {
         (&a.metadata.namespace, &a.metadata.name).cmp(&(&b.metadata.namespace, &b.metadata.name))
     });
     json_response(&json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}))
+}
+
+/// `/stats/summary` (JSON) or `/metrics/resource` (Prometheus text).
+async fn stats(server: &Server, resource: bool) -> Response<Body> {
+    let mut cri = server.sh.cri.clone();
+    let usage = match crate::stats::containers(&mut cri).await {
+        Ok(u) => u,
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("container stats: {e}")),
+    };
+    let pods: std::collections::BTreeMap<String, Option<String>> = server
+        .sh
+        .pods
+        .read()
+        .iter()
+        .map(|(uid, p)| {
+            let start = p.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
+            (uid.clone(), start)
+        })
+        .collect();
+    if resource {
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+            .body(Full::new(Bytes::from(crate::stats::resource_metrics(&server.node_cpu, &usage, &pods))).boxed())
+            .unwrap_or_default();
+    }
+    let inputs = crate::stats::SummaryInputs {
+        node_name: &server.sh.node_name,
+        node_cpu: &server.node_cpu,
+        root_dir: &server.sh.root_dir,
+        pods,
+    };
+    json_response(&crate::stats::summary(&inputs, &usage))
 }
 
 fn find_pod(server: &Server, ns: &str, name: &str) -> Option<Arc<k8s_openapi::api::core::v1::Pod>> {

@@ -372,10 +372,15 @@ pub async fn start(sh: &Shared, cri: &mut Cri, s: StartSpec<'_>) -> Result<Strin
     if let Err(e) = runtime::start_container(cri, &id).await {
         let msg = e.to_string();
         sh.events.warning(pod, "Failed", format!("Error: {msg}"));
+        sh.metrics
+            .started_container_errors
+            .get_or_create(&vec![("code", "RunContainerError".to_string())])
+            .inc();
         return Err(fail("RunContainerError", msg));
     }
     sh.events
         .normal(pod, "Started", format!("Started container {}", c.name));
+    sh.metrics.started_containers.inc();
     if let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref())
         && let Err(msg) = run_hook(
             cri,

@@ -45,6 +45,7 @@ pub struct Shared {
     pub manifest_dir: Option<std::path::PathBuf>,
     /// The Node's UID (mirror pods' owner).
     pub node_uid: String,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// `namespace/name`.
@@ -145,6 +146,7 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
                 });
                 match runtime::list_all(&mut cri).await {
                     Ok(all) => {
+                        count_running(&sh.metrics, &all);
                         let mut next = HashMap::with_capacity(all.len());
                         for (uid, rt) in all {
                             let mut fp: Vec<(String, i32)> = rt.sandboxes.iter().map(|s| (s.id.clone(), i32::from(s.ready))).collect();
@@ -336,5 +338,21 @@ async fn delete_mirror(api: &kube::Api<Pod>, mirror: &Pod) {
         && !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409)
     {
         tracing::warn!(pod = name, error = %e, "deleting a stale mirror pod");
+    }
+}
+
+fn count_running(m: &crate::metrics::Metrics, all: &HashMap<String, runtime::PodRuntime>) {
+    use crate::cri::api::ContainerState;
+    m.running_pods.set(all.values().filter(|p| p.ready_sandbox().is_some()).count() as i64);
+    for (state, name) in [
+        (ContainerState::ContainerRunning, "running"),
+        (ContainerState::ContainerExited, "exited"),
+        (ContainerState::ContainerCreated, "created"),
+        (ContainerState::ContainerUnknown, "unknown"),
+    ] {
+        let n = all.values().flat_map(|p| &p.containers).filter(|c| c.state == state).count();
+        m.running_containers
+            .get_or_create(&vec![("container_state", name.to_string())])
+            .set(n as i64);
     }
 }
