@@ -12,6 +12,10 @@ use crate::bench::{json_number, machine, median, revision};
 use crate::util;
 
 const METRICS: &[&str] = &[
+    "kubelet_cpu_ms_per_pod",
+    "containerd_cpu_ms_per_pod",
+    "control_plane_cpu_ms_per_pod",
+    "machine_cpu_ms_per_pod",
     "p50_ms",
     "p99_ms",
     "all_running_s",
@@ -89,7 +93,9 @@ fn render(results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {
          the air-gap import, a projected ServiceAccount token volume as admission adds it) 10 at a time, \
          each batch once the previous one runs; a pod's start latency runs from its create request to \
          the `Running` phase seen by a pod watch. RSS is read from /proc after 15 s idle and 10 s after \
-         the 100th pod runs.\n\nMachine: {}. Run took {:.0} s.\n\n",
+         the 100th pod runs; CPU is the processes' user + system time (and the machine's busy time) \
+         over the 100 starts, per pod. The kubelet starts sandboxes and containers of at most two pods \
+         per core at once, first come first served.\n\nMachine: {}. Run took {:.0} s.\n\n",
         revision(),
         containerd_version(),
         machine(),
@@ -121,14 +127,21 @@ fn render(results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {
         "| containerd RSS idle | {cd_idle:.1} MB | | | |\n"
     ));
     out.push_str(&format!(
-        "| containerd RSS with 100 pods | {cd_loaded:.1} MB | | | |\n\n"
+        "| containerd RSS with 100 pods | {cd_loaded:.1} MB | | | |\n"
+    ));
+    out.push_str(&format!(
+        "| CPU per pod started: kubelet / containerd / apiserver + kine / whole machine | {:.0} / {:.0} / {:.0} / {:.0} ms | | | |\n\n",
+        get("kubelet_cpu_ms_per_pod"),
+        get("containerd_cpu_ms_per_pod"),
+        get("control_plane_cpu_ms_per_pod"),
+        get("machine_cpu_ms_per_pod")
     ));
     out.push_str(
         "¹ Kubernetes' pod-startup SLI/SLO: 99th percentile of stateless pods' startup (image present) \
          ≤ 5 s, measured on large clusters. ² K3s's documented agent footprint; it includes containerd, \
          flannel and kube-proxy, which here are measured or run apart.\n\nPer round:\n\n",
     );
-    out.push_str("| round | p50 ms | p99 ms | all running s | kubelet idle MB | kubelet 100 MB | containerd idle MB | containerd 100 MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| round | kubelet CPU ms/pod | containerd CPU ms/pod | apiserver+kine CPU ms/pod | machine CPU ms/pod | p50 ms | p99 ms | all running s | kubelet idle MB | kubelet 100 MB | containerd idle MB | containerd 100 MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in 0..rounds {
         let v: Vec<String> = results
             .iter()

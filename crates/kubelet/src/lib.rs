@@ -99,7 +99,15 @@ pub async fn run_with_readiness(
         }
         Runtime::Endpoint(e) => (e.clone(), cri::socket_path(e).to_path_buf(), None),
     };
-    let result = run_on_runtime(&config, &endpoint, socket, shutdown.clone(), ready, (metrics, registry)).await;
+    let result = run_on_runtime(
+        &config,
+        &endpoint,
+        socket,
+        shutdown.clone(),
+        ready,
+        (metrics, registry),
+    )
+    .await;
     // Stopping containerd (alone) leaves the containers running.
     runtime_stop.cancel();
     if let Some(task) = supervisor {
@@ -114,7 +122,10 @@ async fn run_on_runtime(
     socket: std::path::PathBuf,
     shutdown: CancellationToken,
     ready: Readiness,
-    (metrics, registry): (Arc<metrics::Metrics>, Arc<prometheus_client::registry::Registry>),
+    (metrics, registry): (
+        Arc<metrics::Metrics>,
+        Arc<prometheus_client::registry::Registry>,
+    ),
 ) -> Result<(), Error> {
     let mut cri = cri::Cri::connect(endpoint).await?;
     let version = cri.version().await?;
@@ -214,6 +225,9 @@ async fn run_on_runtime(
         pods: Default::default(),
         manifest_dir: config.pod_manifest_path.clone(),
         metrics,
+        start_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+        )),
         node_uid,
     });
 

@@ -34,13 +34,21 @@ impl Metrics {
             evictions: Family::default(),
         };
         let mut reg = Registry::with_prefix("kubelet");
-        reg.register("running_pods", "Number of pods that have a running pod sandbox", m.running_pods.clone());
+        reg.register(
+            "running_pods",
+            "Number of pods that have a running pod sandbox",
+            m.running_pods.clone(),
+        );
         reg.register(
             "running_containers",
             "Number of containers currently running, by container_state",
             m.running_containers.clone(),
         );
-        reg.register("started_containers", "Cumulative number of containers started", m.started_containers.clone());
+        reg.register(
+            "started_containers",
+            "Cumulative number of containers started",
+            m.started_containers.clone(),
+        );
         reg.register(
             "started_containers_errors",
             "Cumulative number of errors when starting containers, by code",
@@ -51,7 +59,11 @@ impl Metrics {
             "Duration in seconds from the kubelet seeing a pod for the first time to the pod starting to run",
             m.pod_start_duration.clone(),
         );
-        reg.register("evictions", "Cumulative number of pod evictions by eviction signal", m.evictions.clone());
+        reg.register(
+            "evictions",
+            "Cumulative number of pod evictions by eviction signal",
+            m.evictions.clone(),
+        );
         (Arc::new(m), reg)
     }
 }

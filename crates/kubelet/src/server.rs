@@ -53,7 +53,11 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(sh: Arc<Shared>, authenticate: bool, registry: Arc<prometheus_client::registry::Registry>) -> Self {
+    pub fn new(
+        sh: Arc<Shared>,
+        authenticate: bool,
+        registry: Arc<prometheus_client::registry::Registry>,
+    ) -> Self {
         Self {
             sh,
             registry,
@@ -222,7 +226,10 @@ async fn handle(server: &Server, caller: Option<Caller>, req: Request<Incoming>)
             let mut text = String::new();
             let _ = prometheus_client::encoding::text::encode(&mut text, &server.registry);
             Response::builder()
-                .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
+                .header(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )
                 .body(Full::new(Bytes::from(text)).boxed())
                 .unwrap_or_default()
         }
@@ -261,7 +268,12 @@ async fn stats(server: &Server, resource: bool) -> Response<Body> {
     let mut cri = server.sh.cri.clone();
     let usage = match crate::stats::containers(&mut cri).await {
         Ok(u) => u,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("container stats: {e}")),
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("container stats: {e}"),
+            );
+        }
     };
     let pods: std::collections::BTreeMap<String, Option<String>> = server
         .sh
@@ -269,14 +281,28 @@ async fn stats(server: &Server, resource: bool) -> Response<Body> {
         .read()
         .iter()
         .map(|(uid, p)| {
-            let start = p.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
+            let start = p
+                .status
+                .as_ref()
+                .and_then(|s| s.start_time.as_ref())
+                .map(|t| t.0.to_string());
             (uid.clone(), start)
         })
         .collect();
     if resource {
         return Response::builder()
-            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")
-            .body(Full::new(Bytes::from(crate::stats::resource_metrics(&server.node_cpu, &usage, &pods))).boxed())
+            .header(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+            .body(
+                Full::new(Bytes::from(crate::stats::resource_metrics(
+                    &server.node_cpu,
+                    &usage,
+                    &pods,
+                )))
+                .boxed(),
+            )
             .unwrap_or_default();
     }
     let inputs = crate::stats::SummaryInputs {

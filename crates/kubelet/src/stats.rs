@@ -194,7 +194,11 @@ pub fn summary(inputs: &SummaryInputs<'_>, usage: &[ContainerUsage]) -> Value {
 }
 
 /// `/metrics/resource` in Prometheus text format, as upstream's resource metrics endpoint.
-pub fn resource_metrics(node_cpu: &Arc<NodeCpu>, usage: &[ContainerUsage], pods: &BTreeMap<String, Option<String>>) -> String {
+pub fn resource_metrics(
+    node_cpu: &Arc<NodeCpu>,
+    usage: &[ContainerUsage],
+    pods: &BTreeMap<String, Option<String>>,
+) -> String {
     let now_ms = Timestamp::now().as_millisecond();
     let (cpu_ns, _) = node_cpu.read();
     let mem = meminfo();
@@ -205,13 +209,26 @@ pub fn resource_metrics(node_cpu: &Arc<NodeCpu>, usage: &[ContainerUsage], pods:
         .saturating_sub(mem.get("MemAvailable").copied().unwrap_or(0));
     let mut out = String::new();
     let family = |out: &mut String, name: &str, help: &str, kind: &str| {
-        out.push_str(&format!("# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}\n"));
+        out.push_str(&format!(
+            "# HELP {name} [STABLE] {help}\n# TYPE {name} {kind}\n"
+        ));
     };
-    family(&mut out, "container_cpu_usage_seconds_total", "Cumulative cpu time consumed by the container in core-seconds", "counter");
+    family(
+        &mut out,
+        "container_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed by the container in core-seconds",
+        "counter",
+    );
     let mut lines = String::new();
-    let usage: Vec<&ContainerUsage> = usage.iter().filter(|c| pods.contains_key(&c.pod_uid)).collect();
+    let usage: Vec<&ContainerUsage> = usage
+        .iter()
+        .filter(|c| pods.contains_key(&c.pod_uid))
+        .collect();
     for c in &usage {
-        let l = format!("container=\"{}\",namespace=\"{}\",pod=\"{}\"", c.name, c.namespace, c.pod);
+        let l = format!(
+            "container=\"{}\",namespace=\"{}\",pod=\"{}\"",
+            c.name, c.namespace, c.pod
+        );
         lines.push_str(&format!(
             "container_cpu_usage_seconds_total{{{l}}} {} {}\n",
             c.cpu_core_ns as f64 / 1e9,
@@ -219,30 +236,78 @@ pub fn resource_metrics(node_cpu: &Arc<NodeCpu>, usage: &[ContainerUsage], pods:
         ));
     }
     out.push_str(&lines);
-    family(&mut out, "container_memory_working_set_bytes", "Current working set of the container in bytes", "gauge");
+    family(
+        &mut out,
+        "container_memory_working_set_bytes",
+        "Current working set of the container in bytes",
+        "gauge",
+    );
     for c in &usage {
-        let l = format!("container=\"{}\",namespace=\"{}\",pod=\"{}\"", c.name, c.namespace, c.pod);
-        out.push_str(&format!("container_memory_working_set_bytes{{{l}}} {} {}\n", c.working_set, c.timestamp_ns / 1_000_000));
+        let l = format!(
+            "container=\"{}\",namespace=\"{}\",pod=\"{}\"",
+            c.name, c.namespace, c.pod
+        );
+        out.push_str(&format!(
+            "container_memory_working_set_bytes{{{l}}} {} {}\n",
+            c.working_set,
+            c.timestamp_ns / 1_000_000
+        ));
     }
-    family(&mut out, "node_cpu_usage_seconds_total", "Cumulative cpu time consumed by the node in core-seconds", "counter");
-    out.push_str(&format!("node_cpu_usage_seconds_total {} {now_ms}\n", cpu_ns as f64 / 1e9));
-    family(&mut out, "node_memory_working_set_bytes", "Current working set of the node in bytes", "gauge");
-    out.push_str(&format!("node_memory_working_set_bytes {working} {now_ms}\n"));
+    family(
+        &mut out,
+        "node_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed by the node in core-seconds",
+        "counter",
+    );
+    out.push_str(&format!(
+        "node_cpu_usage_seconds_total {} {now_ms}\n",
+        cpu_ns as f64 / 1e9
+    ));
+    family(
+        &mut out,
+        "node_memory_working_set_bytes",
+        "Current working set of the node in bytes",
+        "gauge",
+    );
+    out.push_str(&format!(
+        "node_memory_working_set_bytes {working} {now_ms}\n"
+    ));
     let mut per_pod: BTreeMap<(&str, &str), (f64, u64)> = BTreeMap::new();
     for c in &usage {
-        let e = per_pod.entry((c.namespace.as_str(), c.pod.as_str())).or_default();
+        let e = per_pod
+            .entry((c.namespace.as_str(), c.pod.as_str()))
+            .or_default();
         e.0 += c.cpu_core_ns as f64 / 1e9;
         e.1 += c.working_set;
     }
-    family(&mut out, "pod_cpu_usage_seconds_total", "Cumulative cpu time consumed by the pod in core-seconds", "counter");
+    family(
+        &mut out,
+        "pod_cpu_usage_seconds_total",
+        "Cumulative cpu time consumed by the pod in core-seconds",
+        "counter",
+    );
     for ((ns, pod), (cpu, _)) in &per_pod {
-        out.push_str(&format!("pod_cpu_usage_seconds_total{{namespace=\"{ns}\",pod=\"{pod}\"}} {cpu} {now_ms}\n"));
+        out.push_str(&format!(
+            "pod_cpu_usage_seconds_total{{namespace=\"{ns}\",pod=\"{pod}\"}} {cpu} {now_ms}\n"
+        ));
     }
-    family(&mut out, "pod_memory_working_set_bytes", "Current working set of the pod in bytes", "gauge");
+    family(
+        &mut out,
+        "pod_memory_working_set_bytes",
+        "Current working set of the pod in bytes",
+        "gauge",
+    );
     for ((ns, pod), (_, ws)) in &per_pod {
-        out.push_str(&format!("pod_memory_working_set_bytes{{namespace=\"{ns}\",pod=\"{pod}\"}} {ws} {now_ms}\n"));
+        out.push_str(&format!(
+            "pod_memory_working_set_bytes{{namespace=\"{ns}\",pod=\"{pod}\"}} {ws} {now_ms}\n"
+        ));
     }
-    family(&mut out, "scrape_error", "1 if there was an error while getting container metrics, 0 otherwise", "gauge");
+    family(
+        &mut out,
+        "scrape_error",
+        "1 if there was an error while getting container metrics, 0 otherwise",
+        "gauge",
+    );
     out.push_str("scrape_error 0\n");
     out
 }
@@ -266,7 +331,10 @@ mod tests {
         let pods = BTreeMap::from([("u".to_string(), None)]);
         let text = resource_metrics(&Arc::new(NodeCpu::default()), &u, &pods);
         assert!(text.contains("container_cpu_usage_seconds_total{container=\"c\",namespace=\"ns\",pod=\"p\"} 2.5 1700000000000\n"), "{text}");
-        assert!(text.contains("pod_memory_working_set_bytes{namespace=\"ns\",pod=\"p\"} 4096 "), "{text}");
+        assert!(
+            text.contains("pod_memory_working_set_bytes{namespace=\"ns\",pod=\"p\"} 4096 "),
+            "{text}"
+        );
         assert!(text.contains("# TYPE node_cpu_usage_seconds_total counter\n"));
     }
 }

@@ -16,7 +16,14 @@ use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 
 const PODS: usize = 100;
-const BATCH: usize = 10;
+/// Pods created at a time (the published figure: 10; `K3RS_BENCH_BATCH` to look at others).
+fn batch() -> usize {
+    std::env::var("K3RS_BENCH_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .filter(|b: &usize| *b > 0 && PODS % *b == 0)
+        .unwrap_or(10)
+}
 
 fn rss_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -27,6 +34,51 @@ fn rss_mb(pid: u32) -> f64 {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         })
         .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
+}
+
+/// CPU seconds a process has used (user + system).
+fn cpu_s(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command (which may hold spaces): utime is the 14th field overall.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+/// The PID of the running process whose executable is named `name` (the bench runs one of each).
+fn pid_of(name: &str) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+        let exe = std::fs::read_link(e.path().join("exe")).ok()?;
+        (exe.file_name()?.to_string_lossy() == name).then_some(pid)
+    })
+}
+
+/// CPU seconds the whole machine has been busy.
+fn machine_busy_s() -> f64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let l = s.lines().find(|l| l.starts_with("cpu "))?;
+            let v: Vec<f64> = l
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            Some(
+                v.iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != 3 && *i != 4)
+                    .map(|(_, x)| x)
+                    .sum::<f64>()
+                    / 100.0,
+            )
+        })
+        .unwrap_or(f64::NAN)
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -105,12 +157,17 @@ async fn bench() -> Result<String> {
         }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let api_pid = pid_of("k3rs-apiserver").unwrap_or(0);
+    let kine_pid = pid_of("k3rs-kine").unwrap_or(0);
+    let control_before = cpu_s(api_pid) + cpu_s(kine_pid);
+    let cpu_before = (cpu_s(kubelet_pid), cpu_s(containerd_pid), machine_busy_s());
     let mut created: HashMap<String, Instant> = HashMap::new();
     let mut running: HashMap<String, Instant> = HashMap::new();
     let all = Instant::now();
-    for batch in 0..PODS / BATCH {
-        let names: Vec<String> = (0..BATCH)
-            .map(|i| format!("bench-{}", batch * BATCH + i))
+    let size = batch();
+    for batch in 0..PODS / size {
+        let names: Vec<String> = (0..size)
+            .map(|i| format!("bench-{}", batch * size + i))
             .collect();
         for n in &names {
             created.insert(n.clone(), Instant::now());
@@ -132,6 +189,12 @@ async fn bench() -> Result<String> {
         eprintln!("kubelet-bench: {} pods running", running.len());
     }
     let all_running = all.elapsed().as_secs_f64();
+    let cpu = (
+        (cpu_s(kubelet_pid) - cpu_before.0) / PODS as f64 * 1e3,
+        (cpu_s(containerd_pid) - cpu_before.1) / PODS as f64 * 1e3,
+        (machine_busy_s() - cpu_before.2) / PODS as f64 * 1e3,
+    );
+    let control = (cpu_s(api_pid) + cpu_s(kine_pid) - control_before) / PODS as f64 * 1e3;
     watch.abort();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let loaded = (rss_mb(kubelet_pid), rss_mb(containerd_pid));
@@ -145,7 +208,10 @@ async fn bench() -> Result<String> {
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     let out = format!(
-        "{{\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"all_running_s\":{all_running:.2},\"kubelet_idle_mb\":{:.1},\"containerd_idle_mb\":{:.1},\"kubelet_100_mb\":{:.1},\"containerd_100_mb\":{:.1}}}",
+        "{{\"control_plane_cpu_ms_per_pod\":{control:.1},\"kubelet_cpu_ms_per_pod\":{:.1},\"containerd_cpu_ms_per_pod\":{:.1},\"machine_cpu_ms_per_pod\":{:.1},\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"all_running_s\":{all_running:.2},\"kubelet_idle_mb\":{:.1},\"containerd_idle_mb\":{:.1},\"kubelet_100_mb\":{:.1},\"containerd_100_mb\":{:.1}}}",
+        cpu.0,
+        cpu.1,
+        cpu.2,
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
         idle.0,

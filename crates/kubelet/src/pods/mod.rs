@@ -46,6 +46,8 @@ pub struct Shared {
     /// The Node's UID (mirror pods' owner).
     pub node_uid: String,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Pods starting sandboxes or containers at once (two per core).
+    pub start_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// `namespace/name`.
@@ -343,14 +345,19 @@ async fn delete_mirror(api: &kube::Api<Pod>, mirror: &Pod) {
 
 fn count_running(m: &crate::metrics::Metrics, all: &HashMap<String, runtime::PodRuntime>) {
     use crate::cri::api::ContainerState;
-    m.running_pods.set(all.values().filter(|p| p.ready_sandbox().is_some()).count() as i64);
+    m.running_pods
+        .set(all.values().filter(|p| p.ready_sandbox().is_some()).count() as i64);
     for (state, name) in [
         (ContainerState::ContainerRunning, "running"),
         (ContainerState::ContainerExited, "exited"),
         (ContainerState::ContainerCreated, "created"),
         (ContainerState::ContainerUnknown, "unknown"),
     ] {
-        let n = all.values().flat_map(|p| &p.containers).filter(|c| c.state == state).count();
+        let n = all
+            .values()
+            .flat_map(|p| &p.containers)
+            .filter(|c| c.state == state)
+            .count();
         m.running_containers
             .get_or_create(&vec![("container_state", name.to_string())])
             .set(n as i64);

@@ -221,6 +221,14 @@ impl Worker {
             self.volumes_at = Some(Instant::now());
         }
         next = next.min(VOLUME_RESYNC);
+        // Starting sandboxes and containers takes the runtime's CPU: pods take turns (FIFO), a few at a
+        // time, so a burst's first pods run early instead of all of them late.
+        let _slot = if self.steady(&pod, &rt) {
+            None
+        } else {
+            self.sh.start_slots.clone().acquire_owned().await.ok()
+        };
+        let mut created = false;
         let sandbox = match rt.ready_sandbox() {
             Some(s) => s.id.clone(),
             None => {
@@ -231,7 +239,10 @@ impl Worker {
                     return self.finish(&pod, rt, 0).await;
                 }
                 match self.create_sandbox(&pod, &rt).await {
-                    Ok(id) => id,
+                    Ok(id) => {
+                        created = true;
+                        id
+                    }
                     Err(wait) => {
                         self.write_status(&pod, &rt, None).await;
                         return Ok(Next::After(wait));
@@ -242,10 +253,15 @@ impl Worker {
         if self.ips.0 != sandbox {
             self.ips = (sandbox.clone(), self.sandbox_ips(&pod, &sandbox).await);
         }
-        let rt = runtime::list_pod(&mut self.cri, &self.uid).await?;
+        let rt = if created {
+            runtime::list_pod(&mut self.cri, &self.uid).await?
+        } else {
+            rt
+        };
         if let Some(d) = self.run_containers(&pod, &rt, &sandbox).await {
             next = next.min(d);
         }
+        drop(_slot);
         let rt = runtime::list_pod(&mut self.cri, &self.uid).await?;
         self.update_probers(&pod, &rt);
         let phase = self.write_status(&pod, &rt, Some(&sandbox)).await;
@@ -253,6 +269,18 @@ impl Worker {
             return self.finish(&pod, rt, 0).await;
         }
         Ok(Next::After(next))
+    }
+
+    /// Whether the pod's sandbox is ready and every container that should run does (nothing to start).
+    fn steady(&self, pod: &Pod, rt: &PodRuntime) -> bool {
+        let Some(sb) = rt.ready_sandbox() else {
+            return false;
+        };
+        spec::pod_spec(pod).containers.iter().all(|c| {
+            rt.latest(&c.name).is_some_and(|x| {
+                x.sandbox_id == sb.id && x.state == api::ContainerState::ContainerRunning
+            })
+        })
     }
 
     async fn setup_volumes(&mut self, pod: &Pod) -> Result<(), volumes::VolumeError> {
