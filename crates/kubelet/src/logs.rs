@@ -120,14 +120,32 @@ pub fn read(path: &Path, o: &LogOptions) -> std::io::Result<(Vec<u8>, u64)> {
     let mut f = std::fs::File::open(path)?;
     let mut raw = Vec::new();
     f.read_to_end(&mut raw)?;
-    let end = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let complete = raw.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
     let mut parser = Parser::default();
-    let mut entries: Vec<Entry> = raw[..end]
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .filter_map(|l| parser.feed(l))
-        .filter(|e| selected(e, o))
-        .collect();
+    let mut entries: Vec<Entry> = Vec::new();
+    // Where the entry being read began: a partial entry at the end is left for a follower to finish.
+    let (mut pos, mut entry_start) = (0usize, 0usize);
+    for line in raw[..complete].split_inclusive(|b| *b == b'\n') {
+        if parser.pending.is_none() {
+            entry_start = pos;
+        }
+        pos += line.len();
+        let l = line.strip_suffix(b"\n").unwrap_or(line);
+        if l.is_empty() {
+            continue;
+        }
+        if let Some(e) = parser.feed(l) {
+            entry_start = pos;
+            if selected(&e, o) {
+                entries.push(e);
+            }
+        }
+    }
+    let end = if parser.pending.is_some() {
+        entry_start
+    } else {
+        complete
+    };
     if let Some(n) = o.tail_lines {
         let skip = entries.len().saturating_sub(n);
         entries.drain(..skip);
@@ -223,8 +241,13 @@ mod tests {
             String::from_utf8(read(&p, &o).unwrap().0).unwrap(),
             "two\nt"
         );
+        // The partial line waits for its end: a follower reads it again with what completes it.
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
-        std::io::Write::write_all(&mut f, b" now\n2026-01-01T00:00:04Z stdout F four\n").unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            b"\n2026-01-01T00:00:03.5Z stdout F  now\n2026-01-01T00:00:04Z stdout F four\n",
+        )
+        .unwrap();
         let (more, _) = read_from(&p, end, &mut Parser::default(), &LogOptions::default()).unwrap();
         assert_eq!(String::from_utf8(more).unwrap(), "unfinished now\nfour\n");
     }

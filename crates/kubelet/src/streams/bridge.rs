@@ -169,8 +169,9 @@ async fn run_remote_command(client: TokioIo<Upgraded>, backend: TokioIo<Upgraded
     let up_client = to_client.clone();
     let pings = to_backend.clone();
     let upstream = tokio::spawn(async move {
+        let mut reader = ws::Reader::default();
         loop {
-            let msg = match ws::read_message(&mut client_r).await {
+            let msg = match reader.next(&mut client_r).await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::debug!(error = %e, "websocket read ended");
@@ -271,7 +272,8 @@ pub async fn port_forward_tunnel(
         });
         let pong = to_client.clone();
         let up = tokio::spawn(async move {
-            while let Ok(msg) = ws::read_message(&mut client_r).await {
+            let mut reader = ws::Reader::default();
+            while let Ok(msg) = reader.next(&mut client_r).await {
                 match msg.opcode {
                     ws::BINARY if backend_w.write_all(&msg.data).await.is_err() => break,
                     ws::PING => {

@@ -28,58 +28,65 @@ pub struct Message {
     pub data: Vec<u8>,
 }
 
-/// Reads the next message (control frames come back as they arrive, between fragments too).
-pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Message> {
-    let mut data = Vec::new();
-    let mut first_opcode = None;
-    loop {
-        let mut h = [0u8; 2];
-        r.read_exact(&mut h).await?;
-        let fin = h[0] & 0x80 != 0;
-        let opcode = h[0] & 0x0f;
-        let masked = h[1] & 0x80 != 0;
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                r.read_exact(&mut b).await?;
-                u16::from_be_bytes(b) as usize
+/// Reads a client's messages; fragments are joined across control frames that arrive between them.
+#[derive(Debug, Default)]
+pub struct Reader {
+    data: Vec<u8>,
+    opcode: Option<u8>,
+}
+
+impl Reader {
+    /// The next message (a control frame comes back as it arrives, between fragments too).
+    pub async fn next<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<Message> {
+        loop {
+            let mut h = [0u8; 2];
+            r.read_exact(&mut h).await?;
+            let fin = h[0] & 0x80 != 0;
+            let opcode = h[0] & 0x0f;
+            let masked = h[1] & 0x80 != 0;
+            let len = match h[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    r.read_exact(&mut b).await?;
+                    u16::from_be_bytes(b) as usize
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    r.read_exact(&mut b).await?;
+                    usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX)
+                }
+                n => n as usize,
+            };
+            if len > MAX_MESSAGE || self.data.len() + len > MAX_MESSAGE {
+                return Err(std::io::Error::other("websocket message too large"));
             }
-            127 => {
-                let mut b = [0u8; 8];
-                r.read_exact(&mut b).await?;
-                usize::try_from(u64::from_be_bytes(b)).unwrap_or(usize::MAX)
+            let mut mask = [0u8; 4];
+            if masked {
+                r.read_exact(&mut mask).await?;
             }
-            n => n as usize,
-        };
-        if len > MAX_MESSAGE || data.len() + len > MAX_MESSAGE {
-            return Err(std::io::Error::other("websocket message too large"));
-        }
-        let mut mask = [0u8; 4];
-        if masked {
-            r.read_exact(&mut mask).await?;
-        }
-        let mut payload = vec![0u8; len];
-        r.read_exact(&mut payload).await?;
-        if masked {
-            for (i, b) in payload.iter_mut().enumerate() {
-                *b ^= mask[i % 4];
+            let mut payload = vec![0u8; len];
+            r.read_exact(&mut payload).await?;
+            if masked {
+                for (i, b) in payload.iter_mut().enumerate() {
+                    *b ^= mask[i % 4];
+                }
             }
-        }
-        if opcode >= 0x8 {
-            return Ok(Message {
-                opcode,
-                data: payload,
-            });
-        }
-        if opcode != 0 {
-            first_opcode = Some(opcode);
-        }
-        data.extend_from_slice(&payload);
-        if fin {
-            return Ok(Message {
-                opcode: first_opcode.unwrap_or(BINARY),
-                data,
-            });
+            if opcode >= 0x8 {
+                return Ok(Message {
+                    opcode,
+                    data: payload,
+                });
+            }
+            if opcode != 0 {
+                self.opcode = Some(opcode);
+            }
+            self.data.extend_from_slice(&payload);
+            if fin {
+                return Ok(Message {
+                    opcode: self.opcode.take().unwrap_or(BINARY),
+                    data: std::mem::take(&mut self.data),
+                });
+            }
         }
     }
 }
@@ -138,15 +145,16 @@ mod tests {
         wire.extend(enc(true, PING, b"p"));
         wire.extend(enc(true, 0, b"lo"));
         let mut r = &wire[..];
+        let mut reader = Reader::default();
         assert_eq!(
-            read_message(&mut r).await.unwrap(),
+            reader.next(&mut r).await.unwrap(),
             Message {
                 opcode: PING,
                 data: b"p".to_vec()
             }
         );
         assert_eq!(
-            read_message(&mut r).await.unwrap(),
+            reader.next(&mut r).await.unwrap(),
             Message {
                 opcode: BINARY,
                 data: b"\x00hello".to_vec()
