@@ -21,7 +21,7 @@ fn batch() -> usize {
     std::env::var("K3RS_BENCH_BATCH")
         .ok()
         .and_then(|b| b.parse().ok())
-        .filter(|b: &usize| *b > 0 && PODS % *b == 0)
+        .filter(|b: &usize| *b > 0 && PODS.is_multiple_of(*b))
         .unwrap_or(10)
 }
 
