@@ -91,6 +91,12 @@ pub struct Config {
     pub cgroup_root: String,
     /// Static pod manifests (`<data-dir>/agent/pod-manifests`).
     pub pod_manifest_path: Option<PathBuf>,
+    /// Image garbage collection: start above this much of the image filesystem used (percent)…
+    pub image_gc_high_percent: u8,
+    /// …and free down to this much.
+    pub image_gc_low_percent: u8,
+    /// Images younger than this are never collected.
+    pub image_minimum_age: Duration,
 }
 
 impl Config {
@@ -123,6 +129,9 @@ impl Config {
             node_lease_duration_seconds: 40,
             cgroup_root: "/kubepods".into(),
             pod_manifest_path: None,
+            image_gc_high_percent: 85,
+            image_gc_low_percent: 80,
+            image_minimum_age: Duration::from_secs(120),
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod containerd;
 pub mod cri;
+pub mod gc;
 pub mod images;
 pub mod logs;
 pub mod metrics;
@@ -139,6 +140,29 @@ async fn run_on_runtime(
         Some(imported),
     ));
     let _ = first_pass.await;
+    let image_fs = cri
+        .images
+        .image_fs_info(cri::api::ImageFsInfoRequest {})
+        .await
+        .ok()
+        .and_then(|r| r.into_inner().image_filesystems.into_iter().next())
+        .and_then(|f| f.fs_id)
+        .map_or_else(|| std::path::PathBuf::from("/"), |id| id.mountpoint.into());
+    tokio::spawn(gc::run(
+        cri.clone(),
+        gc::Settings {
+            high_percent: config.image_gc_high_percent,
+            low_percent: config.image_gc_low_percent,
+            minimum_age: config.image_minimum_age,
+            period: Duration::from_secs(300),
+            image_fs,
+            sandbox_image: match &config.runtime {
+                Runtime::Supervised(s) => s.sandbox_image.clone(),
+                Runtime::Endpoint(_) => String::new(),
+            },
+        },
+        shutdown.clone(),
+    ));
     let kube_config = k3rs_common::client::config(config.kubeconfig.as_deref())
         .await
         .map_err(Error::Kubeconfig)?;
@@ -225,6 +249,9 @@ async fn run_on_runtime(
         pods: Default::default(),
         manifest_dir: config.pod_manifest_path.clone(),
         metrics,
+        memory_threshold: config.eviction_hard.get("memory.available").and_then(|t| {
+            pods::eviction::threshold(t, machine.memory_bytes).map(|b| (t.clone(), b))
+        }),
         start_slots: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
         )),

@@ -129,6 +129,15 @@ struct Args {
     /// Static pod manifests (default: <data-dir>/agent/pod-manifests)
     #[arg(long, env = "K3RS_POD_MANIFEST_PATH")]
     pod_manifest_path: Option<PathBuf>,
+    /// Image filesystem usage (percent) above which unused images are removed
+    #[arg(long, env = "K3RS_IMAGE_GC_HIGH_THRESHOLD", default_value_t = 85)]
+    image_gc_high_threshold: u8,
+    /// Image filesystem usage (percent) image garbage collection frees down to
+    #[arg(long, env = "K3RS_IMAGE_GC_LOW_THRESHOLD", default_value_t = 80)]
+    image_gc_low_threshold: u8,
+    /// Youngest an unused image may be to be collected (e.g. 2m, 30s, 1h)
+    #[arg(long, env = "K3RS_MINIMUM_IMAGE_TTL_DURATION", default_value = "2m")]
+    minimum_image_ttl_duration: String,
     /// The cgroup pods' cgroups go under (cgroupfs)
     #[arg(long, env = "K3RS_CGROUP_ROOT", default_value = "/kubepods")]
     cgroup_root: String,
@@ -161,6 +170,31 @@ fn pairs(
         out.insert(k.to_string(), v.to_string());
     }
     Ok(())
+}
+
+/// `90s`, `2m`, `1h30m`, `0`.
+fn duration(s: &str) -> Option<std::time::Duration> {
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_digit() {
+            num.push(ch);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += n * match ch {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    num.is_empty()
+        .then_some(std::time::Duration::from_secs(total))
 }
 
 fn build(args: Args) -> Result<Config, String> {
@@ -207,6 +241,23 @@ fn build(args: Args) -> Result<Config, String> {
     c.tls_private_key_file = args.tls_private_key_file;
     c.client_ca_file = args.client_ca_file;
     c.max_pods = args.max_pods;
+    if args.image_gc_high_threshold > 100 {
+        return Err("--image-gc-high-threshold must be between 0 and 100".into());
+    }
+    if args.image_gc_low_threshold > args.image_gc_high_threshold {
+        return Err(format!(
+            "--image-gc-low-threshold ({}) must not be greater than --image-gc-high-threshold ({})",
+            args.image_gc_low_threshold, args.image_gc_high_threshold
+        ));
+    }
+    c.image_gc_high_percent = args.image_gc_high_threshold;
+    c.image_gc_low_percent = args.image_gc_low_threshold;
+    c.image_minimum_age = duration(&args.minimum_image_ttl_duration).ok_or_else(|| {
+        format!(
+            "--minimum-image-ttl-duration {:?}: want e.g. 2m, 30s, 1h",
+            args.minimum_image_ttl_duration
+        )
+    })?;
     c.cgroup_root = args.cgroup_root;
     let mut reserved = BTreeMap::new();
     pairs("kube-reserved", &args.kube_reserved, '=', &mut reserved)?;

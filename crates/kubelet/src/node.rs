@@ -48,6 +48,11 @@ pub struct Machine {
     pub pids_max: i64,
 }
 
+/// `MemAvailable` in bytes: the eviction signal `memory.available`.
+pub fn memory_available() -> i64 {
+    meminfo("MemAvailable").unwrap_or(i64::MAX)
+}
+
 fn meminfo(field: &str) -> Option<i64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()?

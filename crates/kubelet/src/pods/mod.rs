@@ -5,6 +5,7 @@
 
 pub mod containers;
 pub mod env;
+pub mod eviction;
 pub mod probe;
 pub mod spec;
 pub mod static_pods;
@@ -48,6 +49,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Pods starting sandboxes or containers at once (two per core).
     pub start_slots: Arc<tokio::sync::Semaphore>,
+    /// The hard `memory.available` eviction threshold (as written, in bytes).
+    pub memory_threshold: Option<(String, i64)>,
 }
 
 /// `namespace/name`.
@@ -59,11 +62,19 @@ pub fn pod_key(pod: &Pod) -> String {
     )
 }
 
+/// How the manager reaches a worker besides the pod itself.
+#[derive(Default)]
+pub struct Controls {
+    pub wake: Arc<Notify>,
+    /// Set to make the worker write its status again (a static pod's mirror was made anew).
+    pub rewrite_status: Arc<std::sync::atomic::AtomicBool>,
+    /// An eviction to carry out (its message).
+    pub evict: Arc<parking_lot::Mutex<Option<String>>>,
+}
+
 struct Handle {
     tx: watch::Sender<Option<Arc<Pod>>>,
-    wake: Arc<Notify>,
-    /// Set to make the worker write its status again (a static pod's mirror was made anew).
-    rewrite_status: Arc<std::sync::atomic::AtomicBool>,
+    controls: Controls,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -79,6 +90,7 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
     let mut fingerprints: HashMap<String, Vec<(String, i32)>> = HashMap::new();
     let mut cri = sh.cri.clone();
     let mut statics = Statics::default();
+    let mut evicted: HashSet<String> = HashSet::new();
     let mut tick = 0u64;
     loop {
         tokio::select! {
@@ -135,6 +147,9 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
             },
             _ = relist.tick() => {
                 tick += 1;
+                if tick.is_multiple_of(10) && listing.is_none() {
+                    check_pressure(&sh, &workers, &mut evicted, &mut cri).await;
+                }
                 if tick.is_multiple_of(5) && listing.is_none() {
                     statics.rescan(&sh, &mut workers, &shutdown);
                     statics.sync_mirrors(&sh, &workers).await;
@@ -156,7 +171,7 @@ pub async fn run(sh: Arc<Shared>, synced: watch::Sender<bool>, shutdown: Cancell
                             if fingerprints.get(&uid) != Some(&fp)
                                 && let Some(h) = workers.get(&uid)
                             {
-                                h.wake.notify_one();
+                                h.controls.wake.notify_one();
                             }
                             next.insert(uid, fp);
                         }
@@ -180,24 +195,10 @@ fn spawn(
     shutdown: &CancellationToken,
 ) {
     let (tx, rx) = watch::channel(pod);
-    let wake = Arc::new(Notify::new());
-    let rewrite_status = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let w = worker::Worker::new(
-        sh.clone(),
-        uid.clone(),
-        wake.clone(),
-        rewrite_status.clone(),
-    );
+    let controls = Controls::default();
+    let w = worker::Worker::new(sh.clone(), uid.clone(), &controls);
     let task = tokio::spawn(w.run(rx, shutdown.child_token()));
-    workers.insert(
-        uid,
-        Handle {
-            tx,
-            wake,
-            rewrite_status,
-            task,
-        },
-    );
+    workers.insert(uid, Handle { tx, controls, task });
 }
 
 fn apply(
@@ -314,9 +315,10 @@ impl Statics {
                     tracing::info!(pod = %key, "created the mirror pod");
                     self.mirrors.insert(key, created);
                     if let Some(h) = pod.metadata.uid.as_deref().and_then(|u| workers.get(u)) {
-                        h.rewrite_status
+                        h.controls
+                            .rewrite_status
                             .store(true, std::sync::atomic::Ordering::Relaxed);
-                        h.wake.notify_one();
+                        h.controls.wake.notify_one();
                     }
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -362,4 +364,74 @@ fn count_running(m: &crate::metrics::Metrics, all: &HashMap<String, runtime::Pod
             .get_or_create(&vec![("container_state", name.to_string())])
             .set(n as i64);
     }
+}
+
+/// Under memory pressure, asks the worker of the best-ranked evictable pod to evict it (one pod per
+/// check, as upstream's eviction manager waits for each victim).
+async fn check_pressure(
+    sh: &Arc<Shared>,
+    workers: &HashMap<String, Handle>,
+    evicted: &mut HashSet<String>,
+    cri: &mut Cri,
+) {
+    let Some((text, threshold)) = &sh.memory_threshold else {
+        return;
+    };
+    let available = crate::node::memory_available();
+    if available >= *threshold {
+        return;
+    }
+    evicted.retain(|uid| workers.contains_key(uid));
+    let usage = crate::stats::containers(cri).await.unwrap_or_default();
+    let mut candidates: Vec<eviction::Candidate> = sh
+        .pods
+        .read()
+        .iter()
+        .filter(|(uid, p)| !evicted.contains(*uid) && eviction::evictable(p))
+        .map(|(uid, p)| {
+            let mine: Vec<&crate::stats::ContainerUsage> =
+                usage.iter().filter(|c| &c.pod_uid == uid).collect();
+            let top = mine
+                .iter()
+                .max_by_key(|c| c.working_set)
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        c.working_set,
+                        eviction::memory_request(p, &c.name),
+                    )
+                })
+                .unwrap_or_default();
+            let request = p
+                .spec
+                .as_ref()
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .map(|c| eviction::memory_request(p, &c.name))
+                        .sum()
+                })
+                .unwrap_or(0);
+            eviction::Candidate {
+                uid: uid.clone(),
+                name: pod_key(p),
+                priority: p.spec.as_ref().and_then(|s| s.priority).unwrap_or(0),
+                usage: mine.iter().map(|c| c.working_set).sum(),
+                request,
+                top_container: top,
+            }
+        })
+        .collect();
+    eviction::rank(&mut candidates);
+    let Some(victim) = candidates.first() else {
+        tracing::warn!(available, threshold, "memory pressure and no pod to evict");
+        return;
+    };
+    let Some(h) = workers.get(&victim.uid) else {
+        return;
+    };
+    tracing::warn!(pod = %victim.name, available, threshold, "memory pressure: evicting");
+    *h.controls.evict.lock() = Some(eviction::message(text, available, victim));
+    h.controls.wake.notify_one();
+    evicted.insert(victim.uid.clone());
 }

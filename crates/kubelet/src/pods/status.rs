@@ -235,6 +235,8 @@ pub struct Inputs<'a> {
     pub qos: &'static str,
     /// A terminal phase the worker decided (deadline exceeded, terminated by deletion).
     pub forced_phase: Option<(&'static str, String, String)>,
+    /// Conditions added by the kubelet beyond its own (DisruptionTarget when evicting).
+    pub extra_conditions: Vec<PodCondition>,
 }
 
 /// The status to write (times of unchanged conditions carried over).
@@ -361,9 +363,18 @@ pub fn pod_status(i: Inputs<'_>) -> PodStatus {
         "Ready",
     ];
     for (t, c) in &old_conditions {
-        if !ours.contains(t) {
+        if !ours.contains(t) && !i.extra_conditions.iter().any(|e| e.type_ == *t) {
             conditions.push((*c).clone());
         }
+    }
+    for e in &i.extra_conditions {
+        let mut e = e.clone();
+        if let Some(o) = old_conditions.get(e.type_.as_str())
+            && o.status == e.status
+        {
+            e.last_transition_time = o.last_transition_time.clone();
+        }
+        conditions.push(e);
     }
     conditions.sort_by_key(|c| match c.type_.as_str() {
         "PodReadyToStartContainers" => 0,

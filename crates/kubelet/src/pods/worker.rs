@@ -67,6 +67,10 @@ pub struct Worker {
     ips: (String, Vec<String>),
     forced: Option<(&'static str, String, String)>,
     rewrite_status: Arc<std::sync::atomic::AtomicBool>,
+    /// An eviction the node-pressure manager asked for (its message).
+    evict: Arc<parking_lot::Mutex<Option<String>>>,
+    /// Conditions the kubelet adds beyond its own four (DisruptionTarget on eviction).
+    extra_conditions: Vec<k8s_openapi::api::core::v1::PodCondition>,
     finished: bool,
     delete_sent: bool,
     last_pod: Option<Arc<Pod>>,
@@ -88,18 +92,15 @@ fn is_sidecar(c: &Container) -> bool {
 }
 
 impl Worker {
-    pub fn new(
-        sh: Arc<Shared>,
-        uid: String,
-        wake: Arc<Notify>,
-        rewrite_status: Arc<std::sync::atomic::AtomicBool>,
-    ) -> Self {
+    pub fn new(sh: Arc<Shared>, uid: String, controls: &super::Controls) -> Self {
         let cri = sh.cri.clone();
         Self {
             sh,
             uid,
             cri,
-            wake,
+            wake: controls.wake.clone(),
+            evict: controls.evict.clone(),
+            extra_conditions: Vec::new(),
             backoff: HashMap::new(),
             sandbox_backoff: None,
             volumes: PodVolumes::default(),
@@ -111,7 +112,7 @@ impl Worker {
             waiting: HashMap::new(),
             ips: (String::new(), Vec::new()),
             forced: None,
-            rewrite_status,
+            rewrite_status: controls.rewrite_status.clone(),
             finished: false,
             delete_sent: false,
             last_pod: None,
@@ -172,6 +173,29 @@ impl Worker {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(&pod, rt).await;
         }
+        let eviction = self.evict.lock().take();
+        if let Some(msg) = eviction
+            && !self.finished
+        {
+            tracing::info!(pod = %pod_key(&pod), "evicting pod: {msg}");
+            self.sh.events.warning(&*pod, "Evicted", msg.clone());
+            self.sh
+                .metrics
+                .evictions
+                .get_or_create(&vec![("eviction_signal", "memory.available".to_string())])
+                .inc();
+            self.extra_conditions
+                .push(k8s_openapi::api::core::v1::PodCondition {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                    reason: Some("TerminationByKubelet".into()),
+                    message: Some(msg.clone()),
+                    last_transition_time: Some(now_time()),
+                    ..Default::default()
+                });
+            self.forced = Some(("Failed", "Evicted".into(), msg));
+            return self.finish(&pod, rt, 0).await;
+        }
         if self.finished {
             if self.last_status.is_none() {
                 self.write_status(&pod, &rt, None).await;
@@ -203,7 +227,7 @@ impl Worker {
                     .events
                     .normal(&*pod, "DeadlineExceeded", msg.clone());
                 self.forced = Some(("Failed", "DeadlineExceeded".into(), msg));
-                return self.finish(&pod, rt, 0).await;
+                return self.finish(&pod, rt, containers::grace_of(&pod)).await;
             }
         }
         let mut next = RESYNC;
@@ -732,6 +756,7 @@ impl Worker {
             start_time: self.start_time.clone(),
             qos: spec::qos_class(pod),
             forced_phase: self.forced.clone(),
+            extra_conditions: self.extra_conditions.clone(),
         });
         let phase = st.phase.clone();
         let value = serde_json::to_value(&st).unwrap_or_default();

@@ -834,3 +834,89 @@ fn static_pods_run_from_manifests_with_mirror_pods() {
         Ok(())
     });
 }
+
+#[test]
+fn memory_pressure_evicts_best_effort_pods_first() {
+    k3rs_tests::run_test(Duration::from_secs(300), async {
+        let mut tb = Testbed::create()?;
+        let cluster = Cluster::start_on(
+            Backend::Sqlite,
+            &tb.gateway.clone(),
+            &["--enable-admission-plugins=ServiceAccount"],
+        )
+        .await?;
+        let cm = cluster.start_controller_manager("*").await?;
+        // A threshold above any machine's memory: the node is under pressure from the start.
+        let node = AgentNode::start(
+            &mut tb,
+            &cluster,
+            "node1",
+            &["--eviction-hard", "memory.available<1000Ti"],
+        )
+        .await?;
+        let env = Env {
+            node,
+            _cm: cm,
+            cluster,
+            tb,
+        };
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: besteffort}
+spec:
+  nodeName: node1
+  containers:
+  - {name: main, image: docker.io/library/busybox:1.35, command: ["sleep", "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: burstable}
+spec:
+  nodeName: node1
+  containers:
+  - name: main
+    image: docker.io/library/busybox:1.35
+    command: ["sleep", "3600"]
+    resources: {requests: {memory: 64Mi}}
+"#,
+        )?;
+        let evicted = env.wait_phase("besteffort", "Failed").await?;
+        let st = &evicted["status"];
+        assert_eq!(st["reason"], "Evicted", "{st}");
+        assert!(
+            st["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("The node was low on resource: memory. Threshold quantity: 1000Ti"),
+            "{st}"
+        );
+        assert!(
+            st["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True"),
+            "{st}"
+        );
+        // The pod within its request goes second.
+        assert_ne!(
+            env.pod("burstable")?["status"]["phase"],
+            "Failed",
+            "evicted in the wrong order"
+        );
+        let node = env.get_json(&["get", "node", "node1"])?;
+        assert!(
+            node["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "MemoryPressure" && c["status"] == "True"),
+            "{}",
+            node["status"]["conditions"]
+        );
+        env.wait_phase("burstable", "Failed").await?;
+        Ok(())
+    });
+}
