@@ -20,7 +20,8 @@ pub struct PodNet {
     server: Option<Proc>,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip` with `args`, failing with its error output.
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()

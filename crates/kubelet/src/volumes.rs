@@ -268,7 +268,8 @@ fn project_keys(
     Ok(())
 }
 
-fn not_found(e: &kube::Error) -> bool {
+/// Whether an API error is 404 Not Found.
+pub fn not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 404)
 }
 

@@ -33,9 +33,7 @@ fn fail(reason: &'static str, message: impl Into<String>) -> StartError {
 /// Reads ConfigMaps and Secrets through the API (the node authorizer allows those of its pods).
 pub struct ApiSource<'a>(pub &'a kube::Client);
 
-fn missing(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
+use crate::volumes::not_found as missing;
 
 impl Source for ApiSource<'_> {
     async fn config_map(
