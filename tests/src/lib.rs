@@ -4,6 +4,7 @@
 pub mod apiserver;
 pub mod etcdctl;
 pub mod kubelet_api;
+pub mod launcher;
 pub mod podnet;
 pub mod process;
 pub mod store;

@@ -45,6 +45,11 @@ impl Proc {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Whether the process has exited with status 0 (false while it runs).
+    pub fn exit_success(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(s)) if s.success())
+    }
+
     /// SIGKILL, as a crash.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

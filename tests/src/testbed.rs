@@ -231,19 +231,7 @@ impl AgentNode {
             ])
             .args(&self.extra_args)
             .env("K3RS_LOG", "info,k3rs_kubelet=debug");
-        let images = d.join("agent/images");
-        std::fs::create_dir_all(&images)?;
-        for f in ["pause.tar", "busybox.tar"] {
-            let src = images_dir().join(f);
-            let dst = images.join(f);
-            if !dst.exists() {
-                // A hard link when possible: the tarballs are large.
-                if std::fs::hard_link(&src, &dst).is_err() {
-                    std::fs::copy(&src, &dst)
-                        .with_context(|| format!("{} (run `cargo xtask images`)", src.display()))?;
-                }
-            }
-        }
+        place_images(d)?;
         let mut proc = Proc::spawn("k3rs-kubelet", &mut cmd, &log)?;
         let start = Instant::now();
         loop {
@@ -287,6 +275,24 @@ impl AgentNode {
 }
 
 /// `cargo xtask images`' output.
+/// Puts the test images (pause, busybox) into `<data_dir>/agent/images` for the air-gap import.
+pub fn place_images(data_dir: &Path) -> Result<()> {
+    let images = data_dir.join("agent/images");
+    std::fs::create_dir_all(&images)?;
+    for f in ["pause.tar", "busybox.tar"] {
+        let src = images_dir().join(f);
+        let dst = images.join(f);
+        if !dst.exists() {
+            // A hard link when possible: the tarballs are large.
+            if std::fs::hard_link(&src, &dst).is_err() {
+                std::fs::copy(&src, &dst)
+                    .with_context(|| format!("{} (run `cargo xtask images`)", src.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub fn images_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/images")
 }
@@ -327,15 +333,33 @@ impl AgentNode {
             p.terminate(Duration::from_secs(30));
         }
     }
+}
+
+/// What a node leaves on the host (its directory holds `run/containerd.sock` and `run/containerd.pid`;
+/// its pods' cgroups are under `/k3rs-test-<netns>`), and how to remove all of it.
+pub struct NodeLeftovers {
+    pub dir: PathBuf,
+    pub netns: String,
+}
+
+impl NodeLeftovers {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run/containerd.sock")
+    }
+
+    fn cgroup_root(&self) -> String {
+        format!("/k3rs-test-{}", self.netns)
+    }
 
     fn containerd_pid(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.dir.path().join("run/containerd.pid"))
+        let pid: u32 = std::fs::read_to_string(self.dir.as_path().join("run/containerd.pid"))
             .ok()?
             .trim()
             .parse()
             .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let ours = String::from_utf8_lossy(&cmdline).contains(&*self.dir.path().to_string_lossy());
+        let ours =
+            String::from_utf8_lossy(&cmdline).contains(&*self.dir.as_path().to_string_lossy());
         ours.then_some(pid)
     }
 
@@ -343,7 +367,7 @@ impl AgentNode {
     /// our own if the kubelet's is gone.
     fn remove_sandboxes(&self) {
         let socket = self.socket();
-        let data = self.dir.path().to_path_buf();
+        let data = self.dir.as_path().to_path_buf();
         let netns = self.netns.clone();
         let own = self.containerd_pid().is_none();
         let _ = std::thread::spawn(move || {
@@ -452,7 +476,7 @@ impl AgentNode {
 
     /// Unmounts everything under the node's directory, deepest first.
     fn unmount_all(&self) {
-        let dir = self.dir.path().to_string_lossy().into_owned();
+        let dir = self.dir.as_path().to_string_lossy().into_owned();
         let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")
             .unwrap_or_default()
             .lines()
@@ -463,6 +487,25 @@ impl AgentNode {
         for m in mounts {
             let _ = Command::new("umount").args(["-l", &m]).status();
         }
+    }
+
+    /// Removes the sandboxes, stops containerd, kills what is left and unmounts (the node's own
+    /// processes must be gone or stopping already).
+    pub fn clean(&self) {
+        self.remove_sandboxes();
+        if let Some(pid) = self.containerd_pid() {
+            signal(pid, "TERM");
+            let start = Instant::now();
+            while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+                && start.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            signal(pid, "KILL");
+        }
+        self.kill_leftovers();
+        self.unmount_all();
     }
 }
 
@@ -480,19 +523,10 @@ impl Drop for AgentNode {
         // The kubelet first (SIGKILL: its containerd stays up to remove the sandboxes through CRI).
         self.kill_kubelet();
         drop(self.flannel.take());
-        self.remove_sandboxes();
-        if let Some(pid) = self.containerd_pid() {
-            signal(pid, "TERM");
-            let start = Instant::now();
-            while Path::new(&format!("/proc/{pid}/cmdline")).exists()
-                && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
-                && start.elapsed() < Duration::from_secs(10)
-            {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            signal(pid, "KILL");
+        NodeLeftovers {
+            dir: self.dir.path().to_path_buf(),
+            netns: self.netns.clone(),
         }
-        self.kill_leftovers();
-        self.unmount_all();
+        .clean();
     }
 }

@@ -49,6 +49,32 @@ pub struct Config {
     /// NoExecute tolerations every pod gets unless it has its own.
     pub default_not_ready_toleration_seconds: i64,
     pub default_unreachable_toleration_seconds: i64,
+    /// Cluster-wide settings the supervisor hands joining agents (K3s's `/v1-k3s/config`): they configure
+    /// the agent's kubelet and flannel, so every node agrees with the server.
+    pub agent_settings: AgentSettings,
+}
+
+/// The cluster settings an agent receives when it joins.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSettings {
+    pub cluster_cidr: String,
+    pub service_cidr: String,
+    pub cluster_dns: String,
+    pub cluster_domain: String,
+    pub flannel_backend: String,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        Self {
+            cluster_cidr: "10.42.0.0/16".into(),
+            service_cidr: "10.43.0.0/16".into(),
+            cluster_dns: "10.43.0.10".into(),
+            cluster_domain: "cluster.local".into(),
+            flannel_backend: "vxlan".into(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -76,6 +102,7 @@ impl Default for Config {
             disable_admission_plugins: Vec::new(),
             default_not_ready_toleration_seconds: 300,
             default_unreachable_toleration_seconds: 300,
+            agent_settings: AgentSettings::default(),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod authz;
 pub mod backend;
 pub mod bootstrap;
+pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod crd;
@@ -167,6 +168,7 @@ pub async fn run_with_readiness(
         &pki,
         config.token.as_deref(),
         config.agent_token.as_deref(),
+        config.agent_settings.clone(),
     )
     .map_err(|e| Error::Config(e.to_string()))?;
     let audit = match &config.audit_log_path {

@@ -31,6 +31,8 @@ pub struct Supervisor {
     pub client_ca: Ca,
     /// (user, secret) pairs that may join: `server` (the server token) and `node` (the agent token).
     secrets: Vec<(String, String)>,
+    /// Handed to every joining agent.
+    agent_settings: crate::config::AgentSettings,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -71,6 +73,7 @@ impl Supervisor {
         pki: &Pki,
         token: Option<&str>,
         agent_token: Option<&str>,
+        agent_settings: crate::config::AgentSettings,
     ) -> Result<Self, TokenError> {
         let hash = ca_hash(&pki.server_ca.cert_pem);
         let server_dir = data_dir.join("server");
@@ -104,6 +107,7 @@ impl Supervisor {
             server_ca: pki.server_ca.clone(),
             client_ca: pki.client_ca.clone(),
             secrets,
+            agent_settings,
         })
     }
 
@@ -263,6 +267,7 @@ async fn node_credentials(api: &Api, sup: &Supervisor, body: &[u8]) -> Result<Va
         "kubeletServing": crate::pki::sign_serving(&sup.server_ca, &node, &dns, &ips, &serving.public_key).map_err(map_err)?,
         "kubeProxy": crate::pki::sign_client(&sup.client_ca, "system:kube-proxy", &[], &proxy.public_key).map_err(map_err)?,
         "flannel": crate::pki::sign_client(&sup.client_ca, "system:k3rs-flannel", &[], &flannel.public_key).map_err(map_err)?,
+        "config": sup.agent_settings,
     });
     tracing::info!(node = %node, "issued node credentials");
     Ok(out)

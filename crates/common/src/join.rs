@@ -137,6 +137,9 @@ pub struct NodeCredentials {
     pub kubelet_serving: KeyedCert,
     pub kube_proxy: KeyedCert,
     pub flannel: KeyedCert,
+    /// The cluster settings the server hands its agents (`clusterCidr`, `serviceCidr`, `clusterDns`,
+    /// `clusterDomain`, `flannelBackend`).
+    pub settings: Value,
 }
 
 /// Accepts any server certificate: used only to fetch `/cacerts`, which is then checked by hash.
@@ -371,6 +374,7 @@ pub async fn join(
         kubelet_serving: cert("kubeletServing", &keys[1])?,
         kube_proxy: cert("kubeProxy", &keys[2])?,
         flannel: cert("flannel", &keys[3])?,
+        settings: v["config"].clone(),
     })
 }
 

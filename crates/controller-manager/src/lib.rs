@@ -8,6 +8,7 @@
 //! [`Config`] and call it.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod clusterrole_aggregation;
 pub mod cronjob;
 pub mod daemonset;

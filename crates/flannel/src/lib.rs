@@ -5,6 +5,7 @@
 //! (VXLAN, host-gw) come later and plug in where the subnet is known.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod cni;
 pub mod masq;
 

@@ -4,6 +4,7 @@
 //! parse flags into a [`Config`] and call it.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 mod db;
 pub mod error;

@@ -5,6 +5,7 @@
 //! Stopping it leaves containers running; the next start adopts them.
 #![forbid(unsafe_code)]
 
+pub mod cli;
 pub mod config;
 pub mod containerd;
 pub mod cri;
