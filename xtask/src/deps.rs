@@ -55,6 +55,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "kubernetes-client",
         "kubectl, the client the apiserver tests drive (skipped when /usr/bin/kubectl exists)",
     ),
+    ("shellcheck", "checks deploy/'s install scripts"),
+    (
+        "systemd",
+        "systemd-analyze, which verifies deploy/'s units (nothing is started with it)",
+    ),
 ];
 
 fn installed(pkg: &str) -> bool {

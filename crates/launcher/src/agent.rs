@@ -73,6 +73,10 @@ pub struct AgentArgs {
         default_value = "/var/lib/k3rs"
     )]
     pub data_dir: PathBuf,
+    /// Only join: write the node's credentials under <data-dir>/agent and exit (for the per-component
+    /// units, where `k3rs kubelet` and `k3rs flannel` then run on their own)
+    #[arg(long)]
+    pub join_only: bool,
     #[command(flatten)]
     pub node: NodeArgs,
     #[command(flatten)]
@@ -93,6 +97,16 @@ pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error>
         }
     };
     let mut group = Group::new(shutdown);
+    if a.join_only {
+        let joined = join_node(&group, &a.node, &a.data_dir, &a.server, &token).await?;
+        println!(
+            "joined {} as node {}: credentials under {}",
+            a.server,
+            joined.name,
+            joined.files.dir.display()
+        );
+        return Ok(());
+    }
     start_node(&mut group, &a.node, &a.data_dir, &a.server, &token).await?;
     tracing::info!("k3rs agent is up");
     group.run().await
@@ -217,15 +231,21 @@ impl Files {
     }
 }
 
-/// Joins `server` and starts this node's kubelet and flannel in `group`; returns once the kubelet is
-/// ready.
-pub async fn start_node(
-    group: &mut Group,
+/// A node that has joined: its name, credentials and the cluster's settings.
+struct Joined {
+    name: String,
+    files: Files,
+    settings: serde_json::Value,
+}
+
+/// Joins `server` as this node and writes its credentials.
+async fn join_node(
+    group: &Group,
     node: &NodeArgs,
     data_dir: &Path,
     server: &str,
     token: &str,
-) -> Result<(), Error> {
+) -> Result<Joined, Error> {
     let token: JoinToken = token
         .parse()
         .map_err(|e: JoinError| Error::Config(format!("--token: {e}")))?;
@@ -253,8 +273,28 @@ pub async fn start_node(
     tracing::info!(%server, node = %name, "joining");
     let creds = join(group, server, &token, &req).await?;
     files.write(server, &creds)?;
-    let setting =
-        |k: &str, default: &str| creds.settings[k].as_str().unwrap_or(default).to_string();
+    Ok(Joined {
+        name,
+        files,
+        settings: creds.settings,
+    })
+}
+
+/// Joins `server` and starts this node's kubelet and flannel in `group`; returns once the kubelet is
+/// ready.
+pub async fn start_node(
+    group: &mut Group,
+    node: &NodeArgs,
+    data_dir: &Path,
+    server: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let Joined {
+        name,
+        files,
+        settings,
+    } = join_node(group, node, data_dir, server, token).await?;
+    let setting = |k: &str, default: &str| settings[k].as_str().unwrap_or(default).to_string();
     let cluster_cidr = setting("clusterCidr", "10.42.0.0/16");
     let backend = setting("flannelBackend", "vxlan");
     tracing::info!(node = %name, cluster_cidr = %cluster_cidr, "joined");

@@ -6,6 +6,7 @@
 mod config;
 mod join;
 mod single;
+mod units;
 
 use std::time::Duration;
 

@@ -11,7 +11,7 @@ use k3rs_tests::run_test;
 use k3rs_tests::testbed::Testbed;
 use serde_json::Value;
 
-const DEPLOYMENT: &str = r#"
+pub const DEPLOYMENT: &str = r#"
 apiVersion: apps/v1
 kind: Deployment
 metadata: {name: web}
@@ -49,7 +49,19 @@ fn pods(server: &K3rsNode) -> Result<BTreeMap<String, (String, String, i64)>> {
     Ok(out)
 }
 
-fn available(server: &K3rsNode) -> Result<bool> {
+/// One pod of the Deployment fetches the other's page (its host name) over the pod network.
+pub fn pod_to_pod(server: &K3rsNode) -> Result<()> {
+    let pods = pods(server)?;
+    ensure!(pods.len() == 2, "two pods expected: {pods:?}");
+    let names: Vec<&String> = pods.keys().collect();
+    let (a, b) = (names[0], names[1]);
+    let url = format!("http://{}:8080/index.html", pods[b].0);
+    let body = server.kubectl(&["exec", a, "--", "wget", "-qO-", &url])?;
+    ensure!(body.trim() == b.as_str(), "pod {a} got {body:?} from {b}");
+    Ok(())
+}
+
+pub fn available(server: &K3rsNode) -> Result<bool> {
     let d = server.get_json(&["get", "deployment", "web"])?;
     Ok(d["status"]["availableReplicas"].as_i64() == Some(2))
 }
@@ -79,18 +91,7 @@ fn one_process_runs_a_workload_and_survives_its_restart() {
             .await?;
         let before = pods(&server)?;
         ensure!(before.len() == 2, "two pods expected: {before:?}");
-        let names: Vec<&String> = before.keys().collect();
-        let (a, b_name) = (names[0], names[1]);
-        let b_ip = &before[b_name].0;
-        let body = server.kubectl(&[
-            "exec",
-            a,
-            "--",
-            "wget",
-            "-qO-",
-            &format!("http://{b_ip}:8080/index.html"),
-        ])?;
-        ensure!(body.trim() == b_name, "pod {a} got {body:?} from {b_name}");
+        pod_to_pod(&server)?;
 
         for how in ["SIGTERM", "SIGKILL"] {
             if how == "SIGTERM" {
