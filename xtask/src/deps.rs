@@ -80,6 +80,13 @@ pub const CLUSTER: &[&str] = &[
     "libprotobuf-dev",
     "etcd-client",
     "kubernetes-client",
+    "nftables",
+    "iproute2",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "iptables",
+    "busybox-static",
 ];
 
 /// Installs every package tests and benchmarks need, and the Python client the apiserver tests drive.

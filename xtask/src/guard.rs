@@ -66,6 +66,11 @@ impl Guard {
         Ok(Self { active: true })
     }
 
+    /// Leaves the table in place after this process (for `cluster-up`; `cluster-down` removes it).
+    pub fn keep(mut self) {
+        self.active = false;
+    }
+
     /// Packets the guard caught so far.
     pub fn leaked(&self) -> Result<u64> {
         if !self.active {
@@ -81,6 +86,24 @@ impl Guard {
             .context("parsing the guard counter")?;
         Ok(packets)
     }
+}
+
+/// Whether the guard table is in place.
+pub fn exists() -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", TABLE])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Deletes the guard table if it exists.
+pub fn remove() {
+    let _ = Command::new("nft")
+        .args(["delete", "table", "inet", TABLE])
+        .stderr(Stdio::null())
+        .status();
 }
 
 impl Drop for Guard {

@@ -24,9 +24,11 @@ commands:
                           (FILTERs narrow the test run, e.g. `cargo xtask test kine`)
   bench <name>            run a benchmark beside its peer; writes docs/benchmarks/<name>.md
                           (names: kine, apiserver, controllers, scheduler, kubelet)
-  cluster-up [--datastore sqlite|postgres|mysql]
-                          start what exists of a cluster (today: kine and the apiserver), print the kubeconfig
-  cluster-down            stop what cluster-up started
+  cluster-up [--agents N] [--datastore sqlite|postgres://…|mysql://…|http(s)://etcd] [--single-process]
+             [--profile release|dev]
+                          a dev cluster in network namespaces (a server, N agents) on bridge k3tb15;
+                          prints the kubeconfig (.k3rs/kubeconfig); re-running while it is up only prints it
+  cluster-down            stop everything cluster-up started and remove its namespaces, bridge and rules
   images                  build the pause and busybox images as OCI tarballs under target/images/
                           (the air-gap form a node imports from <data-dir>/agent/images/)
   codegen                 regenerate crates/apiserver/src/schema/k8s.schema from k8s-pb and k8s-openapi

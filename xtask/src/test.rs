@@ -53,6 +53,12 @@ pub fn run(filters: &[String]) -> Result<()> {
         util::run(&mut cmd)
     });
     drop(fixtures);
+    // cluster-up/cluster-down from this checkout, on a full run.
+    let cluster = if filters.is_empty() {
+        phase("cluster-up", &mut crate::cluster::smoke)
+    } else {
+        Ok(())
+    };
     let leaked = guard.leaked()?;
     drop(guard);
 
@@ -66,6 +72,7 @@ pub fn run(filters: &[String]) -> Result<()> {
         total.elapsed().as_secs_f64()
     );
     tests?;
+    cluster?;
     if leaked > 0 {
         bail!(
             "the network guard caught {leaked} packet(s) to cluster/testbed addresses leaving this machine"

@@ -422,7 +422,10 @@ pub async fn run_with_readiness(
     parts.push(ctx.informers.synced());
     tokio::select! {
         _ = shutdown.cancelled() => {}
-        _ = async { for p in &parts { p.wait().await; } } => ready.set(true),
+        _ = async { for p in &parts { p.wait().await; } } => {
+            tracing::info!("controller-manager ready");
+            ready.set(true);
+        }
     }
     shutdown.cancelled().await;
     ready.set(false);

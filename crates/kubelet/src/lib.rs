@@ -277,8 +277,8 @@ async fn run_on_runtime(
     let r = ready.clone();
     tokio::spawn(async move {
         if synced_rx.wait_for(|s| *s).await.is_ok() {
-            r.set(true);
             tracing::info!("kubelet ready");
+            r.set(true);
         }
     });
     let _ = manager.await;
