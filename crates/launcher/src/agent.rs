@@ -134,7 +134,7 @@ fn kept(file: &Path, make: impl FnOnce() -> String) -> Result<String, Error> {
     Ok(v)
 }
 
-fn write_private(file: &Path, text: &str) -> Result<(), Error> {
+pub(crate) fn write_private(file: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = file.with_extension("tmp");

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bootstrap;
 pub mod configfile;
 pub mod group;
 pub mod server;

@@ -12,6 +12,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{self, NodeArgs};
+use crate::bootstrap;
 use crate::group::Group;
 use crate::{Error, LogArgs, component_args, extra_flags};
 
@@ -148,14 +149,10 @@ const CRITICAL_KEY: &str = "/k3rs/bootstrap/critical-config";
 /// Records the critical settings in the datastore on the first server, and refuses to start a server
 /// whose settings differ, naming the value.
 async fn check_critical(
-    endpoints: &str,
-    tls: &k3rs_apiserver::storage::EtcdTls,
+    client: &mut etcd_client::Client,
     want: &serde_json::Value,
 ) -> Result<(), Error> {
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-    let mut client = k3rs_apiserver::storage::connect(endpoints, tls)
-        .await
-        .map_err(|e| Error::Config(format!("datastore: {e}")))?;
     let txn = Txn::new()
         .when([Compare::create_revision(CRITICAL_KEY, CompareOp::Equal, 0)])
         .and_then([TxnOp::put(CRITICAL_KEY, want.to_string(), None)])
@@ -289,7 +286,23 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
         group.wait_ready("kine", &ready).await?;
         sock
     };
-    check_critical(&etcd_servers, &etcd_tls, &critical(&a)).await?;
+    let mut etcd = k3rs_apiserver::storage::connect(&etcd_servers, &etcd_tls)
+        .await
+        .map_err(|e| Error::Config(format!("datastore: {e}")))?;
+    check_critical(&mut etcd, &critical(&a)).await?;
+    // The cluster's CAs and keys: from the datastore when another server made them.
+    let known_token = a
+        .token
+        .clone()
+        .or_else(|| read_token_file(&server_dir.join("token")).ok());
+    if let bootstrap::Found::Restored(n) =
+        bootstrap::restore(&mut etcd, &server_dir, known_token.as_deref()).await?
+    {
+        tracing::info!(
+            written = n,
+            "took the cluster's bootstrap data from the datastore"
+        );
+    }
 
     // The apiserver (and the supervisor agents join through).
     let mut args = vec![
@@ -341,6 +354,12 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
     );
     group.wait_ready("apiserver", &ready).await?;
     write_kubeconfig(&a)?;
+    bootstrap::save(
+        &mut etcd,
+        &server_dir,
+        &read_token_file(&server_dir.join("token"))?,
+    )
+    .await?;
 
     let cred = server_dir.join("cred");
     let tls = server_dir.join("tls");
@@ -387,7 +406,13 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
     if !a.disable_agent {
         // The server's own node joins through its supervisor like any other (K3s does the same).
         let token = read_token_file(&server_dir.join("token"))?;
-        let url = format!("https://127.0.0.1:{port}");
+        // The API as this server's own components reach it (as the apiserver's kubeconfigs do).
+        let host = match a.bind_address {
+            ip if ip.is_unspecified() || ip.is_loopback() => "127.0.0.1".to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let url = format!("https://{host}:{port}");
         agent::start_node(&mut group, &a.node, &dd, &url, &token).await?;
     }
     tracing::info!("k3rs server is up");

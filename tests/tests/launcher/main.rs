@@ -4,6 +4,7 @@
 //! flags take precedence as in K3s; servers sharing a datastore refuse mismatched critical settings.
 
 mod config;
+mod ha;
 mod join;
 mod single;
 mod units;
