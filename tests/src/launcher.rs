@@ -123,6 +123,11 @@ impl K3rsNode {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// The PID of the running `k3rs` process.
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.as_ref().map(Proc::pid)
+    }
+
     pub fn alive(&mut self) -> bool {
         self.proc.as_mut().is_some_and(Proc::alive)
     }

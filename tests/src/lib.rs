@@ -7,6 +7,7 @@ pub mod kubelet_api;
 pub mod launcher;
 pub mod podnet;
 pub mod process;
+pub mod procstat;
 pub mod store;
 pub mod testbed;
 

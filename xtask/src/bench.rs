@@ -44,14 +44,15 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("controllers") => crate::bench_controllers::run(rounds, only),
         Some("scheduler") => crate::bench_scheduler::run(rounds, only),
         Some("kubelet") => crate::bench_kubelet::run(rounds, only),
+        Some("footprint") => crate::bench_footprint::run(rounds, only),
         Some(other) => {
             bail!(
-                "unknown benchmark {other:?} (known: kine, apiserver, controllers, scheduler, kubelet)"
+                "unknown benchmark {other:?} (known: kine, apiserver, controllers, scheduler, kubelet, footprint)"
             )
         }
         None => {
             bail!(
-                "usage: cargo xtask bench <name> (known: kine, apiserver, controllers, scheduler, kubelet)"
+                "usage: cargo xtask bench <name> (known: kine, apiserver, controllers, scheduler, kubelet, footprint)"
             )
         }
     }

@@ -3,6 +3,7 @@
 mod bench;
 mod bench_apiserver;
 mod bench_controllers;
+mod bench_footprint;
 mod bench_kubelet;
 mod bench_scheduler;
 mod cluster;
@@ -23,7 +24,7 @@ commands:
   test [FILTER...]        what CI runs: deps, database fixtures, fmt, clippy, every test
                           (FILTERs narrow the test run, e.g. `cargo xtask test kine`)
   bench <name>            run a benchmark beside its peer; writes docs/benchmarks/<name>.md
-                          (names: kine, apiserver, controllers, scheduler, kubelet)
+                          (names: kine, apiserver, controllers, scheduler, kubelet, footprint)
   cluster-up [--agents N] [--datastore sqlite|postgres://…|mysql://…|http(s)://etcd] [--single-process]
              [--profile release|dev]
                           a dev cluster in network namespaces (a server, N agents) on bridge k3tb15;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
+use k3rs_tests::procstat::{cpu_s, machine_busy_s, rss_mb};
 use k3rs_tests::testbed::{AgentNode, Testbed};
 use k3rs_tests::{Backend, Cluster};
 use k8s_openapi::api::core::v1::Pod;
@@ -25,30 +26,6 @@ fn batch() -> usize {
         .unwrap_or(10)
 }
 
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb * 1024.0 / 1e6)
-}
-
-/// CPU seconds a process has used (user + system).
-fn cpu_s(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            // Fields after the command (which may hold spaces): utime is the 14th field overall.
-            let rest = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(f64::NAN)
-}
-
 /// The PID of the running process whose executable is named `name` (the bench runs one of each).
 fn pid_of(name: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
@@ -56,29 +33,6 @@ fn pid_of(name: &str) -> Option<u32> {
         let exe = std::fs::read_link(e.path().join("exe")).ok()?;
         (exe.file_name()?.to_string_lossy() == name).then_some(pid)
     })
-}
-
-/// CPU seconds the whole machine has been busy.
-fn machine_busy_s() -> f64 {
-    std::fs::read_to_string("/proc/stat")
-        .ok()
-        .and_then(|s| {
-            let l = s.lines().find(|l| l.starts_with("cpu "))?;
-            let v: Vec<f64> = l
-                .split_whitespace()
-                .skip(1)
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            Some(
-                v.iter()
-                    .enumerate()
-                    .filter(|(i, _)| *i != 3 && *i != 4)
-                    .map(|(_, x)| x)
-                    .sum::<f64>()
-                    / 100.0,
-            )
-        })
-        .unwrap_or(f64::NAN)
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
