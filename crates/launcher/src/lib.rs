@@ -8,6 +8,7 @@
 //! `certificate`.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod agent;
 pub mod bootstrap;
 pub mod configfile;
@@ -105,6 +106,34 @@ enum Command {
     },
     /// Check this machine for what k3rs needs (kernel, cgroups, binaries)
     CheckConfig,
+    /// Bootstrap tokens that join agents
+    Token {
+        /// k3rs's data directory (the server's)
+        #[arg(
+            long,
+            short = 'd',
+            env = "K3RS_DATA_DIR",
+            default_value = "/var/lib/k3rs",
+            global = true
+        )]
+        data_dir: std::path::PathBuf,
+        #[command(subcommand)]
+        action: admin::TokenAction,
+    },
+    /// Secrets encryption at rest: status, key rotation
+    SecretsEncrypt {
+        /// k3rs's data directory (the server's)
+        #[arg(
+            long,
+            short = 'd',
+            env = "K3RS_DATA_DIR",
+            default_value = "/var/lib/k3rs",
+            global = true
+        )]
+        data_dir: std::path::PathBuf,
+        #[command(subcommand)]
+        action: admin::EncryptAction,
+    },
     /// The server's certificates (under <data-dir>/server/tls)
     Certificate {
         /// k3rs's data directory
@@ -112,7 +141,8 @@ enum Command {
             long,
             short = 'd',
             env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs"
+            default_value = "/var/lib/k3rs",
+            global = true
         )]
         data_dir: std::path::PathBuf,
         #[command(subcommand)]
@@ -226,6 +256,8 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Ctr { args } => tools::ctr(args),
         Command::Crictl { args } => tools::crictl(args),
         Command::CheckConfig => tools::check_config(),
+        Command::Token { data_dir, action } => admin::token(&data_dir, action),
+        Command::SecretsEncrypt { data_dir, action } => admin::secrets_encrypt(&data_dir, action),
         Command::Certificate { data_dir, action } => {
             k3rs_apiserver::cli::certificate(&data_dir, action)
         }

@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use k3rs_tests::store::fresh_database;
 use k3rs_tests::{Backend, Proc, free_port, run_test, target_bin};
 
@@ -62,6 +62,7 @@ fn flags_beat_the_file_which_beats_the_environment_and_critical_values_must_matc
                 &format!("--config={}", config.display()),
                 &format!("--write-kubeconfig={}", from_flag.display()),
                 "--tls-san=flag.example",
+                "--secrets-encryption",
             ],
         );
         cmd.env("K3RS_KUBECONFIG_MODE", "604");
@@ -139,6 +140,27 @@ fn flags_beat_the_file_which_beats_the_environment_and_critical_values_must_matc
             first.alive(),
             "the first server died:\n{}",
             first.log_tail(20)
+        );
+
+        // `k3rs secrets-encrypt` against the first server (started with --secrets-encryption).
+        let encrypt = |action: &str| -> Result<String> {
+            let out = Command::new(target_bin("k3rs"))
+                .args(["secrets-encrypt", action])
+                .arg(format!("--data-dir={}", d.join("data").display()))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "secrets-encrypt {action}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let status = encrypt("status")?;
+        ensure!(status.contains("Encryption Status: Enabled"), "{status}");
+        let rotated = encrypt("rotate-keys")?;
+        ensure!(
+            rotated.contains("Re-encrypted Secrets:") && rotated.contains("(0 unencrypted)"),
+            "{rotated}"
         );
         first.terminate(Duration::from_secs(20));
         Ok(())

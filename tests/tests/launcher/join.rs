@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use anyhow::ensure;
+use anyhow::{Result, ensure};
 use k3rs_tests::launcher::{K3rsNode, node_ready};
-use k3rs_tests::run_test;
 use k3rs_tests::testbed::Testbed;
+use k3rs_tests::{run_test, target_bin};
 
 #[test]
 fn agents_join_with_the_token_and_bad_joins_are_refused() {
@@ -75,6 +75,43 @@ fn agents_join_with_the_token_and_bad_joins_are_refused() {
         }
         // The taken name still belongs to the first agent.
         ensure!(node_ready(&server, "agent1")?, "agent1 lost its node");
+
+        // `k3rs token create` on the server: a bootstrap token (with the CA hash) joins an agent too.
+        let k3rs_on_server = |args: &[&str]| -> Result<String> {
+            let out = Testbed::in_netns(&server.netns, target_bin("k3rs"))
+                .args(args)
+                .arg(format!("--data-dir={}", server.data_dir().display()))
+                .output()?;
+            ensure!(
+                out.status.success(),
+                "k3rs {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let boot = k3rs_on_server(&["token", "create", "--description", "e2e"])?;
+        let boot = boot.trim();
+        let (hash_part, id_secret) = boot.split_once("::").unwrap_or_default();
+        ensure!(
+            hash_part == hash && id_secret.len() == 23,
+            "token create printed {boot:?}"
+        );
+        let listed = k3rs_on_server(&["token", "list"])?;
+        ensure!(
+            listed.contains(&id_secret[..6]) && listed.contains("e2e"),
+            "token list:\n{listed}"
+        );
+        let mut a3 = K3rsNode::new(&mut tb, "agent3")?;
+        a3.spawn(a3.agent_args(&server.url(), boot, &[]), &[])?;
+        a3.wait("agent3 Ready", Duration::from_secs(90), |_| {
+            node_ready(&server, "agent3")
+        })
+        .await?;
+        k3rs_on_server(&["token", "delete", &id_secret[..6]])?;
+        ensure!(
+            !k3rs_on_server(&["token", "list"])?.contains(&id_secret[..6]),
+            "the token was not deleted"
+        );
         Ok(())
     });
 }

@@ -144,6 +144,16 @@ fn scripts_are_clean_and_the_installer_writes_units_that_verify() {
         }
         ensure!(all.len() >= 10, "units missing: {all:?}");
         verify(&all)?;
+
+        // This machine has what k3rs needs (`cargo xtask deps` installed it): every check passes.
+        let out = Command::new(target_bin("k3rs"))
+            .arg("check-config")
+            .output()?;
+        let table = String::from_utf8_lossy(&out.stdout);
+        ensure!(
+            out.status.success() && table.contains("binary: containerd") && !table.contains("FAIL"),
+            "k3rs check-config:\n{table}"
+        );
         Ok(())
     });
 }
