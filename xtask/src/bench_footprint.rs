@@ -40,7 +40,10 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         "k3rs-launcher",
         "-p",
         "k3rs-tests",
-        "--bins",
+        "--bin",
+        "k3rs",
+        "--bin",
+        "footprint-bench",
     ]))?;
     let bin = util::root().join("target/release/k3rs");
     let stripped = util::root().join("target/release/k3rs.stripped");

@@ -57,6 +57,11 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
     ("shellcheck", "checks deploy/'s install scripts"),
     (
+        "docker-registry",
+        "a local OCI registry (on the testbed bridge) that registries.yaml mirrors are tested against",
+    ),
+    ("skopeo", "copies the test images into that registry"),
+    (
         "systemd",
         "systemd-analyze, which verifies deploy/'s units (nothing is started with it)",
     ),

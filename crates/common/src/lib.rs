@@ -15,6 +15,7 @@ pub mod leader;
 pub mod logging;
 pub mod quantity;
 pub mod readiness;
+pub mod resources;
 #[cfg(feature = "client")]
 pub mod selector;
 pub mod signal;

@@ -78,6 +78,13 @@ pub struct Args {
         default_value = "docker.io/rancher/mirrored-pause:3.6"
     )]
     pause_image: String,
+    /// Registry mirrors and credentials for the supervised containerd (K3s's registries.yaml)
+    #[arg(
+        long,
+        env = "K3RS_PRIVATE_REGISTRY",
+        default_value = "/etc/k3rs/registries.yaml"
+    )]
+    private_registry: PathBuf,
     /// Cluster DNS server addresses
     #[arg(
         long,
@@ -214,11 +221,16 @@ fn build(args: Args) -> Result<Config, String> {
     };
     let runtime = match args.container_runtime_endpoint {
         Some(e) => Runtime::Endpoint(e),
-        None => Runtime::Supervised(containerd::Settings::new(
-            &args.data_dir,
-            &args.containerd_state_dir,
-            &args.pause_image,
-        )),
+        None => {
+            let mut s = containerd::Settings::new(
+                &args.data_dir,
+                &args.containerd_state_dir,
+                &args.pause_image,
+            );
+            s.registries =
+                crate::registries::load(&args.private_registry).map_err(|e| e.to_string())?;
+            Runtime::Supervised(s)
+        }
     };
     let mut c = Config::new(&node_name, runtime, args.data_dir.join("agent"));
     c.pod_manifest_path = Some(

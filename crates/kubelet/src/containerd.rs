@@ -33,6 +33,8 @@ pub struct Settings {
     /// containerd's `restrict_oom_score_adj`: clamp containers' OOM scores to containerd's own, for
     /// hosts where lowering a score is not allowed (no CAP_SYS_RESOURCE: some VMs and rootless).
     pub restrict_oom_score_adj: bool,
+    /// Registry mirrors and credentials (`registries.yaml`).
+    pub registries: crate::registries::Registries,
 }
 
 /// Whether this process may lower OOM scores (CAP_SYS_RESOURCE, bit 24 of `CapEff`).
@@ -104,11 +106,17 @@ impl Settings {
             cni_bin_dir: "/usr/lib/cni".into(),
             stream_port: 0,
             restrict_oom_score_adj: !can_lower_oom_score(),
+            registries: Default::default(),
         }
     }
 
     pub fn config_path(&self) -> PathBuf {
         self.agent_dir.join("etc/containerd/config.toml")
+    }
+
+    /// containerd's per-registry `hosts.toml` directories (from `registries.yaml`).
+    pub fn certs_dir(&self) -> PathBuf {
+        self.agent_dir.join("etc/containerd/certs.d")
     }
 
     pub fn root_dir(&self) -> PathBuf {
@@ -139,6 +147,11 @@ fn toml_str(s: &str) -> String {
 /// containerd 1.6's configuration (version 2) for `s`.
 pub fn config_toml(s: &Settings) -> String {
     let p = |p: &Path| toml_str(&p.to_string_lossy());
+    let registries = if s.registries == Default::default() {
+        String::new()
+    } else {
+        crate::registries::config_toml(&s.registries, &s.certs_dir())
+    };
     format!(
         r#"# Written by k3rs; changes are overwritten at start.
 version = 2
@@ -173,7 +186,7 @@ state = {state}
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = {cni_bin}
   conf_dir = {cni_conf}
-"#,
+{registries}"#,
         root = p(&s.root_dir()),
         state = p(&s.state_dir),
         socket = p(&s.socket),
@@ -248,6 +261,12 @@ impl Supervisor {
             r.map_err(|source| Error::Write { path, source })
         };
         write(s.config_path(), Some(config_toml(s)))?;
+        crate::registries::write_hosts(&s.registries, &s.certs_dir()).map_err(|source| {
+            Error::Write {
+                path: s.certs_dir(),
+                source,
+            }
+        })?;
         write(s.root_dir(), None)?;
         write(s.state_dir.clone(), None)?;
         write(s.cni_conf_dir.clone(), None)?;

@@ -1,8 +1,10 @@
-//! Air-gap image import, as K3s preloads `<data-dir>/agent/images/*.tar`: an OCI image-layout tarball is
-//! streamed into containerd's content store and its images are created, through containerd's own gRPC
-//! services (CRI has no import call in containerd 1.6), under a lease so nothing is collected half-way,
-//! with the garbage-collection labels that keep a manifest's config and layers. The CRI plugin sees
-//! the images through containerd's events and unpacks them on first use.
+//! Air-gap image import, as K3s preloads `<data-dir>/agent/images/`: an OCI image-layout tarball or a
+//! `docker save` archive (`.tar`, or compressed: `.tar.gz`/`.tgz`, `.tar.zst`/`.tzst`) is streamed into
+//! containerd's content store and its images are created, through containerd's own gRPC services (CRI
+//! has no import call in containerd 1.6), under a lease so nothing is collected half-way, with the
+//! garbage-collection labels that keep a manifest's config and layers. A docker archive's images get a
+//! Docker schema-2 manifest made here from its config and layers, as containerd's own importer does. The
+//! CRI plugin sees the images through containerd's events and unpacks them on first use.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -158,9 +160,69 @@ fn gc_labels(blob: &[u8]) -> HashMap<String, String> {
     labels
 }
 
-/// Imports one OCI image-layout tarball; returns the names of the images created or updated.
+/// The compression of an air-gap file, by its name; None when it is not an image archive.
+fn archive_kind(path: &Path) -> Option<&'static str> {
+    let name = path.file_name()?.to_str()?;
+    if name.starts_with('.') {
+        return None;
+    }
+    [
+        (".tar", "tar"),
+        (".tar.gz", "gzip"),
+        (".tgz", "gzip"),
+        (".tar.zst", "zstd"),
+        (".tzst", "zstd"),
+    ]
+    .into_iter()
+    .find(|(ext, _)| name.ends_with(ext))
+    .map(|(_, k)| k)
+}
+
+/// Decompresses `path` next to itself (a hidden file, removed by the caller) so it can be read at random.
+fn decompress(path: &Path, kind: &str) -> Result<PathBuf, Error> {
+    let read_err = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let out = path.with_file_name(format!(".{name}.k3rs-decompressed"));
+    let input = std::io::BufReader::new(std::fs::File::open(path).map_err(read_err)?);
+    let mut output = std::fs::File::create(&out).map_err(read_err)?;
+    let copied = match kind {
+        "gzip" => std::io::copy(&mut flate2::read::MultiGzDecoder::new(input), &mut output),
+        _ => match ruzstd::decoding::StreamingDecoder::new(input) {
+            Ok(mut d) => std::io::copy(&mut d, &mut output),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        },
+    };
+    if let Err(source) = copied {
+        let _ = std::fs::remove_file(&out);
+        return Err(Error::Format {
+            path: path.to_path_buf(),
+            message: format!("decompressing ({kind}): {source}"),
+        });
+    }
+    Ok(out)
+}
+
+/// Imports one air-gap archive; returns the names of the images created or updated.
 pub async fn import(socket: &Path, tarball: &Path) -> Result<Vec<String>, Error> {
-    let path = tarball.to_path_buf();
+    match archive_kind(tarball) {
+        Some("tar") | None => import_tar(socket, tarball, tarball).await,
+        Some(kind) => {
+            let plain = decompress(tarball, kind)?;
+            let r = import_tar(socket, &plain, tarball).await;
+            let _ = std::fs::remove_file(&plain);
+            r
+        }
+    }
+}
+
+/// Imports the uncompressed tarball `tarball` (named `shown` in errors).
+async fn import_tar(socket: &Path, tarball: &Path, shown: &Path) -> Result<Vec<String>, Error> {
+    let path = shown.to_path_buf();
     let read_err = |source| Error::Read {
         path: path.clone(),
         source,
@@ -171,16 +233,22 @@ pub async fn import(socket: &Path, tarball: &Path) -> Result<Vec<String>, Error>
     };
     let mut file = std::fs::File::open(tarball).map_err(read_err)?;
     let members = index_tar(&mut file).map_err(read_err)?;
-    let Some(index) = members.get("index.json") else {
-        let what = if members.contains_key("manifest.json") {
-            "a docker-archive (`docker save`) tarball: only OCI image layouts are imported so far"
-        } else {
-            "no index.json: not an OCI image layout"
-        };
-        return Err(format(what.into()));
+    let layout = if let Some(index) = members.get("index.json") {
+        let index: Value =
+            serde_json::from_slice(&read_member(&mut file, *index).map_err(read_err)?)
+                .map_err(|e| format(format!("index.json: {e}")))?;
+        Layout::Oci(index)
+    } else if let Some(m) = members.get("manifest.json") {
+        let manifest: Value =
+            serde_json::from_slice(&read_member(&mut file, *m).map_err(read_err)?)
+                .map_err(|e| format(format!("manifest.json: {e}")))?;
+        Layout::Docker(manifest)
+    } else {
+        return Err(format(
+            "neither index.json (an OCI image layout) nor manifest.json (a `docker save` archive)"
+                .into(),
+        ));
     };
-    let index: Value = serde_json::from_slice(&read_member(&mut file, *index).map_err(read_err)?)
-        .map_err(|e| format(format!("index.json: {e}")))?;
     let channel = containerd_client::connect(socket)
         .await
         .map_err(|source| Error::Connect {
@@ -207,7 +275,14 @@ pub async fn import(socket: &Path, tarball: &Path) -> Result<Vec<String>, Error>
             call: "Leases.Create",
             status,
         })?;
-    let result = import_with_lease(&channel, &mut file, &members, &index, &lease_id, &path).await;
+    let result = match &layout {
+        Layout::Oci(index) => {
+            import_with_lease(&channel, &mut file, &members, index, &lease_id, &path).await
+        }
+        Layout::Docker(manifest) => {
+            import_docker(&channel, &mut file, &members, manifest, &lease_id, &path).await
+        }
+    };
     // A synchronous delete runs containerd's garbage collection now: what survives is referenced by
     // an image (through the labels above), so a broken reference shows at import, not at first use.
     let _ = leases
@@ -301,50 +376,194 @@ async fn import_with_lease(
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
                 .collect(),
         };
-        let image = Image {
-            name: name.clone(),
-            labels: HashMap::new(),
-            target: Some(target),
-            created_at: None,
-            updated_at: None,
-        };
-        let created = images
-            .create(with_headers(
-                CreateImageRequest {
-                    image: Some(image.clone()),
-                    source_date_epoch: None,
-                },
-                Some(lease),
-            ))
-            .await;
-        match created {
-            Ok(_) => {}
-            Err(s) if s.code() == tonic::Code::AlreadyExists => {
-                images
-                    .update(with_headers(
-                        UpdateImageRequest {
-                            image: Some(image),
-                            update_mask: None,
-                            source_date_epoch: None,
-                        },
-                        Some(lease),
-                    ))
-                    .await
-                    .map_err(|status| Error::Call {
-                        call: "Images.Update",
-                        status,
-                    })?;
-            }
-            Err(status) => {
-                return Err(Error::Call {
-                    call: "Images.Create",
-                    status,
-                });
-            }
-        }
+        put_image(&mut images, &name, target, lease).await?;
         names.push(name);
     }
     Ok(names)
+}
+
+/// Creates image `name` pointing at `target`, or points the existing one there.
+async fn put_image(
+    images: &mut ImagesClient<Channel>,
+    name: &str,
+    target: Descriptor,
+    lease: &str,
+) -> Result<(), Error> {
+    let image = Image {
+        name: name.to_string(),
+        labels: HashMap::new(),
+        target: Some(target),
+        created_at: None,
+        updated_at: None,
+    };
+    let created = images
+        .create(with_headers(
+            CreateImageRequest {
+                image: Some(image.clone()),
+                source_date_epoch: None,
+            },
+            Some(lease),
+        ))
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(s) if s.code() == tonic::Code::AlreadyExists => {
+            images
+                .update(with_headers(
+                    UpdateImageRequest {
+                        image: Some(image),
+                        update_mask: None,
+                        source_date_epoch: None,
+                    },
+                    Some(lease),
+                ))
+                .await
+                .map_err(|status| Error::Call {
+                    call: "Images.Update",
+                    status,
+                })?;
+        }
+        Err(status) => {
+            return Err(Error::Call {
+                call: "Images.Create",
+                status,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What an archive holds.
+enum Layout {
+    /// An OCI image layout's `index.json`.
+    Oci(Value),
+    /// A `docker save` archive's `manifest.json`.
+    Docker(Value),
+}
+
+/// `busybox:1.36` → `docker.io/library/busybox:1.36`, `ghcr.io/x/y:1` stays (Docker's normalisation).
+pub fn normalize_image_name(name: &str) -> String {
+    let first = name.split('/').next().unwrap_or("");
+    let has_registry =
+        name.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry {
+        name.to_string()
+    } else if name.contains('/') {
+        format!("docker.io/{name}")
+    } else {
+        format!("docker.io/library/{name}")
+    }
+}
+
+/// Imports a `docker save` archive: its configs and layers as they are, and for every image a Docker
+/// schema-2 manifest made from them, then the images by their `RepoTags`.
+async fn import_docker(
+    channel: &Channel,
+    file: &mut std::fs::File,
+    members: &HashMap<String, Member>,
+    manifest: &Value,
+    lease: &str,
+    path: &Path,
+) -> Result<Vec<String>, Error> {
+    use sha2::Digest;
+    let mut content = ContentClient::new(channel.clone());
+    let mut images = ImagesClient::new(channel.clone());
+    let read_err = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let format = |message: String| Error::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let member = |name: &str| {
+        members
+            .get(name.trim_start_matches("./"))
+            .copied()
+            .ok_or_else(|| {
+                format(format!(
+                    "manifest.json names {name}, which the archive lacks"
+                ))
+            })
+    };
+    // sha256 of a member, read in chunks.
+    let digest_of = |file: &mut std::fs::File, m: Member| -> std::io::Result<String> {
+        let mut h = sha2::Sha256::new();
+        file.seek(SeekFrom::Start(m.offset))?;
+        let mut left = m.size;
+        let mut buf = vec![0u8; CHUNK];
+        while left > 0 {
+            let n = (left as usize).min(CHUNK);
+            file.read_exact(&mut buf[..n])?;
+            h.update(&buf[..n]);
+            left -= n as u64;
+        }
+        Ok(format!("sha256:{}", hex(&h.finalize())))
+    };
+    let mut names = Vec::new();
+    for entry in manifest.as_array().into_iter().flatten() {
+        let config_name = entry["Config"]
+            .as_str()
+            .ok_or_else(|| format("a manifest.json entry has no Config".into()))?;
+        let config_member = member(config_name)?;
+        let config = read_member(file, config_member).map_err(read_err)?;
+        let config_digest = format!("sha256:{}", hex(&sha2::Sha256::digest(&config)));
+        write_bytes(
+            &mut content,
+            &config_digest,
+            &config,
+            config_member,
+            HashMap::new(),
+            lease,
+        )
+        .await?;
+        let mut layers = Vec::new();
+        for l in entry["Layers"].as_array().into_iter().flatten() {
+            let lname = l.as_str().unwrap_or_default();
+            let m = member(lname)?;
+            let digest = digest_of(file, m).map_err(read_err)?;
+            write_blob(&mut content, file, &digest, m, HashMap::new(), lease, path).await?;
+            layers.push(serde_json::json!({
+                "mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                "size": m.size,
+                "digest": digest,
+            }));
+        }
+        let docker_manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "size": config.len(),
+                "digest": config_digest,
+            },
+            "layers": layers,
+        });
+        let bytes = serde_json::to_vec(&docker_manifest).map_err(|e| format(e.to_string()))?;
+        let digest = format!("sha256:{}", hex(&sha2::Sha256::digest(&bytes)));
+        let m = Member {
+            offset: 0,
+            size: bytes.len() as u64,
+        };
+        write_bytes(&mut content, &digest, &bytes, m, gc_labels(&bytes), lease).await?;
+        for tag in entry["RepoTags"].as_array().into_iter().flatten() {
+            let Some(tag) = tag.as_str() else { continue };
+            let name = normalize_image_name(tag);
+            let target = Descriptor {
+                media_type: "application/vnd.docker.distribution.manifest.v2+json".into(),
+                digest: digest.clone(),
+                size: bytes.len() as i64,
+                annotations: HashMap::new(),
+            };
+            put_image(&mut images, &name, target, lease).await?;
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn exists(content: &mut ContentClient<Channel>, digest: &str) -> bool {
@@ -479,7 +698,8 @@ where
     }
 }
 
-/// K3s's air-gap preload: imports every `*.tar` in `dir` now and again whenever one is added or
+/// K3s's air-gap preload: imports every archive in `dir` (`*.tar`, `*.tar.gz`, `*.tgz`, `*.tar.zst`,
+/// `*.tzst`) now and again whenever one is added or
 /// changed, until `shutdown`. A file that fails is reported and retried when it changes.
 pub async fn preload(
     socket: PathBuf,
@@ -495,7 +715,7 @@ pub async fn preload(
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.path().extension().is_some_and(|x| x == "tar"))
+            .filter(|e| archive_kind(&e.path()).is_some())
             .filter_map(|e| {
                 let m = e.metadata().ok()?;
                 Some((e.path(), (m.modified().ok()?, m.len())))
@@ -537,6 +757,60 @@ pub async fn preload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn archives_by_name_and_names_as_docker_normalises_them() {
+        assert_eq!(archive_kind(Path::new("/i/a.tar")), Some("tar"));
+        assert_eq!(archive_kind(Path::new("/i/a.tar.gz")), Some("gzip"));
+        assert_eq!(archive_kind(Path::new("/i/a.tgz")), Some("gzip"));
+        assert_eq!(archive_kind(Path::new("/i/a.tar.zst")), Some("zstd"));
+        assert_eq!(archive_kind(Path::new("/i/a.tzst")), Some("zstd"));
+        assert_eq!(archive_kind(Path::new("/i/a.txt")), None);
+        assert_eq!(archive_kind(Path::new("/i/.a.tar.k3rs-decompressed")), None);
+        assert_eq!(
+            normalize_image_name("busybox:1.36"),
+            "docker.io/library/busybox:1.36"
+        );
+        assert_eq!(
+            normalize_image_name("rancher/pause:3.6"),
+            "docker.io/rancher/pause:3.6"
+        );
+        assert_eq!(normalize_image_name("ghcr.io/a/b:1"), "ghcr.io/a/b:1");
+        assert_eq!(normalize_image_name("localhost/a:1"), "localhost/a:1");
+        assert_eq!(normalize_image_name("reg:5000/a:1"), "reg:5000/a:1");
+    }
+
+    #[test]
+    fn compressed_archives_decompress() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let gz = dir.path().join("x.tar.gz");
+        let mut e = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
+        e.write_all(&data).unwrap();
+        e.finish().unwrap();
+        let out = decompress(&gz, "gzip").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        let zst = dir.path().join("x.tar.zst");
+        std::fs::write(
+            &zst,
+            ruzstd::encoding::compress_to_vec(
+                &data[..],
+                ruzstd::encoding::CompressionLevel::Fastest,
+            ),
+        )
+        .unwrap();
+        let out = decompress(&zst, "zstd").unwrap();
+        assert_eq!(std::fs::read(&out).unwrap(), data);
+        std::fs::write(&zst, b"not zstd").unwrap();
+        assert!(decompress(&zst, "zstd").is_err());
+        assert!(!dir.path().join(".x.tar.zst.k3rs-decompressed").exists());
+    }
 
     #[test]
     fn manifests_reference_their_config_and_layers() {

@@ -5,6 +5,7 @@
 //! Stopping it leaves containers running; the next start adopts them.
 #![forbid(unsafe_code)]
 
+pub mod cgroups;
 pub mod cli;
 pub mod config;
 pub mod containerd;
@@ -15,6 +16,7 @@ pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod pods;
+pub mod registries;
 pub mod runtime;
 pub mod server;
 pub mod stats;
@@ -170,6 +172,7 @@ async fn run_on_runtime(
     let client = kube::Client::try_from(kube_config).map_err(Error::Client)?;
     let node_obj = node::register(&client, config).await?;
     let node_uid = node_obj.metadata.uid.clone().unwrap_or_default();
+    let node_object = Arc::new(parking_lot::RwLock::new(node_obj));
     let mut ips: Vec<String> = config.node_ips.iter().map(ToString::to_string).collect();
     if ips.is_empty() {
         ips.extend(node::detect_ip().map(|i| i.to_string()));
@@ -196,6 +199,7 @@ async fn run_on_runtime(
             addresses,
             runtime_version,
             node_uid: node_uid.clone(),
+            node_object: node_object.clone(),
         }
         .run(shutdown.clone()),
     );
@@ -250,6 +254,7 @@ async fn run_on_runtime(
         pods: Default::default(),
         manifest_dir: config.pod_manifest_path.clone(),
         metrics,
+        node_object,
         memory_threshold: config.eviction_hard.get("memory.available").and_then(|t| {
             pods::eviction::threshold(t, machine.memory_bytes).map(|b| (t.clone(), b))
         }),

@@ -332,6 +332,8 @@ pub struct StatusReporter {
     pub addresses: Vec<Value>,
     pub runtime_version: String,
     pub node_uid: String,
+    /// Kept current with every status write (admission reads its labels and taints).
+    pub node_object: std::sync::Arc<parking_lot::RwLock<Node>>,
 }
 
 impl StatusReporter {
@@ -436,7 +438,10 @@ impl StatusReporter {
                     )
                     .await
                 {
-                    Ok(_) => last = Some((comparable, Instant::now())),
+                    Ok(node) => {
+                        *self.node_object.write() = node;
+                        last = Some((comparable, Instant::now()));
+                    }
                     Err(e) => tracing::warn!(error = %e, "updating node status"),
                 }
             }

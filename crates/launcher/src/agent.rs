@@ -42,6 +42,9 @@ pub struct NodeArgs {
     /// The pod sandbox image
     #[arg(long, env = "K3RS_PAUSE_IMAGE")]
     pub pause_image: Option<String>,
+    /// Registry mirrors and credentials (K3s's registries.yaml)
+    #[arg(long, env = "K3RS_PRIVATE_REGISTRY")]
+    pub private_registry: Option<PathBuf>,
     /// Extra kubelet flag (key=value; repeatable)
     #[arg(long, env = "K3RS_KUBELET_ARG")]
     pub kubelet_arg: Vec<String>,
@@ -107,7 +110,10 @@ pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error>
         );
         return Ok(());
     }
-    start_node(&mut group, &a.node, &a.data_dir, &a.server, &token).await?;
+    let started = start_node(&mut group, &a.node, &a.data_dir, &a.server, &token).await;
+    if !group.finish_start(started).await? {
+        return Ok(());
+    }
     tracing::info!("k3rs agent is up");
     group.run().await
 }
@@ -348,6 +354,9 @@ pub async fn start_node(
     }
     if let Some(i) = &node.pause_image {
         args.push(format!("--pause-image={i}"));
+    }
+    if let Some(r) = &node.private_registry {
+        args.push(format!("--private-registry={}", r.display()));
     }
     args.extend(extra_flags(&node.kubelet_arg));
     let config = component_args::<k3rs_kubelet::cli::Args>("kubelet", args)?

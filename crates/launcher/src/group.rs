@@ -58,6 +58,22 @@ impl Group {
         }
     }
 
+    /// Ends start-up: when it failed, stops what had started (gracefully: the kubelet stops its
+    /// containerd) and passes the error on — except a shutdown signal during start-up, which is a
+    /// clean stop. Returns whether everything started.
+    pub async fn finish_start(&mut self, started: Result<(), Error>) -> Result<bool, Error> {
+        match started {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.stop().await;
+                match e {
+                    Error::Interrupted => Ok(false),
+                    e => Err(e),
+                }
+            }
+        }
+    }
+
     /// Runs until shutdown or until a component exits (an error then), then stops the rest.
     pub async fn run(mut self) -> Result<(), Error> {
         let result = tokio::select! {

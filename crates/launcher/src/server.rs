@@ -240,10 +240,21 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
             a.flannel_backend
         )));
     }
-    let dd = a.data_dir.clone();
-    let server_dir = dd.join("server");
+    let server_dir = a.data_dir.join("server");
     std::fs::create_dir_all(server_dir.join("db")).map_err(Error::io(path(&server_dir)))?;
     let mut group = Group::new(shutdown);
+    let started = start(&a, &mut group).await;
+    if !group.finish_start(started).await? {
+        return Ok(());
+    }
+    tracing::info!("k3rs server is up");
+    group.run().await
+}
+
+/// Starts every component of the server in `group`, in readiness order.
+async fn start(a: &ServerArgs, group: &mut Group) -> Result<(), Error> {
+    let dd = a.data_dir.clone();
+    let server_dir = dd.join("server");
 
     // The datastore: kine on a unix socket, unless the endpoint is a real etcd.
     let real_etcd =
@@ -289,7 +300,7 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
     let mut etcd = k3rs_apiserver::storage::connect(&etcd_servers, &etcd_tls)
         .await
         .map_err(|e| Error::Config(format!("datastore: {e}")))?;
-    check_critical(&mut etcd, &critical(&a)).await?;
+    check_critical(&mut etcd, &critical(a)).await?;
     // The cluster's CAs and keys: from the datastore when another server made them.
     let known_token = a
         .token
@@ -353,7 +364,7 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
         k3rs_apiserver::run_with_readiness(config, group.shutdown().child_token(), ready.clone()),
     );
     group.wait_ready("apiserver", &ready).await?;
-    write_kubeconfig(&a)?;
+    write_kubeconfig(a)?;
     bootstrap::save(
         &mut etcd,
         &server_dir,
@@ -413,8 +424,7 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
             ip => ip.to_string(),
         };
         let url = format!("https://{host}:{port}");
-        agent::start_node(&mut group, &a.node, &dd, &url, &token).await?;
+        agent::start_node(group, &a.node, &dd, &url, &token).await?;
     }
-    tracing::info!("k3rs server is up");
-    group.run().await
+    Ok(())
 }

@@ -18,7 +18,7 @@ pub mod plugins;
 pub mod pod;
 pub mod preemption;
 pub mod queue;
-pub mod resources;
+pub use k3rs_common::resources;
 pub mod schedule;
 pub mod scheduler;
 

@@ -148,7 +148,25 @@ async fn bench() -> Result<String> {
             break start.elapsed().as_secs_f64();
         }
         if start.elapsed() > Duration::from_secs(120) {
-            bail!("only {running} of 10 pods Running");
+            let seen: Vec<String> = list
+                .items
+                .iter()
+                .map(|p| {
+                    let s = p.status.clone().unwrap_or_default();
+                    format!(
+                        "{} on {:?}: {:?} {:?} {:?}",
+                        p.metadata.name.clone().unwrap_or_default(),
+                        p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                        s.phase,
+                        s.reason,
+                        s.message
+                    )
+                })
+                .collect();
+            bail!(
+                "only {running} of 10 pods Running: {seen:#?}\n{}",
+                server.log_tail(20)
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };

@@ -32,7 +32,7 @@ spec:
 "#;
 
 /// Pod name → (pod IP, container ID, restart count) of the Deployment's pods.
-fn pods(server: &K3rsNode) -> Result<BTreeMap<String, (String, String, i64)>> {
+pub fn pods(server: &K3rsNode) -> Result<BTreeMap<String, (String, String, i64)>> {
     let list = server.get_json(&["get", "pods", "-l", "app=web"])?;
     let mut out = BTreeMap::new();
     for p in list["items"].as_array().into_iter().flatten() {

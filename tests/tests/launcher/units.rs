@@ -1,7 +1,8 @@
 //! deploy/: the installer and the systemd units. The scripts are shellcheck-clean; `install.sh` writes a
 //! server or agent unit with its environment file and the kubectl/ctr/crictl links; every unit passes
 //! `systemd-analyze verify` (nothing is started through systemd); and the per-component units'
-//! `ExecStartPre`/`ExecStart` lines, run in order in a testbed namespace, make a working node.
+//! `ExecStartPre`/`ExecStart` lines, run in order in a testbed namespace, make a working node whose pods
+//! keep running when every unit is stopped and started again.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -227,74 +228,101 @@ fn the_per_component_units_make_a_working_node() {
         ]
         .into_iter()
         .collect();
-        let mut procs: Vec<Proc> = Vec::new();
-        for name in [
-            "k3rs-kine.service",
-            "k3rs-apiserver.service",
-            "k3rs-controller-manager.service",
-            "k3rs-scheduler.service",
-            "k3rs-kubelet.service",
-            "k3rs-flannel.service",
-        ] {
-            let u = unit(name, &d)?;
-            for (ignore, pre) in &u.pre {
-                if pre[0].ends_with("modprobe") {
-                    continue;
+        let mut before = None;
+        for round in 0..2 {
+            let mut procs: Vec<Proc> = Vec::new();
+            for name in [
+                "k3rs-kine.service",
+                "k3rs-apiserver.service",
+                "k3rs-controller-manager.service",
+                "k3rs-scheduler.service",
+                "k3rs-kubelet.service",
+                "k3rs-flannel.service",
+            ] {
+                let u = unit(name, &d)?;
+                for (ignore, pre) in &u.pre {
+                    if pre[0].ends_with("modprobe") {
+                        continue;
+                    }
+                    let mut cmd = Testbed::in_netns(&node.netns, &pre[0]);
+                    cmd.args(&pre[1..]).envs(u.env.iter().map(|(k, v)| (k, v)));
+                    if pre.iter().any(|w| w == "--join-only") {
+                        cmd.args(&node_flags);
+                    }
+                    let out = cmd.output()?;
+                    if !out.status.success() && !ignore {
+                        bail!(
+                            "{name}: ExecStartPre {pre:?} failed: {}",
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                    }
                 }
-                let mut cmd = Testbed::in_netns(&node.netns, &pre[0]);
-                cmd.args(&pre[1..]).envs(u.env.iter().map(|(k, v)| (k, v)));
-                if pre.iter().any(|w| w == "--join-only") {
-                    cmd.args(&node_flags);
-                }
-                let out = cmd.output()?;
-                if !out.status.success() && !ignore {
-                    bail!(
-                        "{name}: ExecStartPre {pre:?} failed: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                let mut cmd = Testbed::in_netns(&node.netns, &u.start[0]);
+                cmd.args(&u.start[1..])
+                    .args(&extra[name])
+                    .envs(u.env.iter().map(|(k, v)| (k, v)))
+                    .env("K3RS_LOG", "info");
+                let log = d.join(format!("{name}.{round}.log"));
+                procs.push(Proc::spawn(name, &mut cmd, &log)?);
+                if name == "k3rs-apiserver.service" {
+                    // kubectl from the root namespace: the admin kubeconfig, once the apiserver wrote it.
+                    let admin = d.join("server/cred/admin.kubeconfig");
+                    node.wait(
+                        "the apiserver's kubeconfig",
+                        Duration::from_secs(60),
+                        |_| Ok(admin.exists()),
+                    )
+                    .await?;
+                    std::fs::copy(&admin, d.join("k3rs.yaml"))?;
                 }
             }
-            let mut cmd = Testbed::in_netns(&node.netns, &u.start[0]);
-            cmd.args(&u.start[1..])
-                .args(&extra[name])
-                .envs(u.env.iter().map(|(k, v)| (k, v)))
-                .env("K3RS_LOG", "info");
-            let log = d.join(format!("{name}.log"));
-            procs.push(Proc::spawn(name, &mut cmd, &log)?);
-            if name == "k3rs-apiserver.service" {
-                // kubectl from the root namespace: the admin kubeconfig, once the apiserver wrote it.
-                let admin = d.join("server/cred/admin.kubeconfig");
-                node.wait(
-                    "the apiserver's kubeconfig",
-                    Duration::from_secs(60),
-                    |_| Ok(admin.exists()),
-                )
-                .await?;
-                std::fs::copy(&admin, d.join("k3rs.yaml"))?;
+            let tails = |procs: &[Proc]| {
+                procs
+                    .iter()
+                    .map(|p| p.log_tail(15))
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            };
+            node.wait("the node Ready", Duration::from_secs(120), |s| {
+                node_ready(s, "server")
+            })
+            .await
+            .with_context(|| tails(&procs))?;
+            node.kubectl_in(&["apply", "-f", "-"], super::single::DEPLOYMENT)?;
+            node.wait(
+                "the Deployment available",
+                Duration::from_secs(90),
+                super::single::available,
+            )
+            .await
+            .with_context(|| tails(&procs))?;
+            if round == 0 {
+                super::single::pod_to_pod(&node)?;
+                before = Some(super::single::pods(&node)?);
+                // Every unit stopped (SIGTERM, last started first), then started again as systemd would.
+                while let Some(mut p) = procs.pop() {
+                    p.terminate(Duration::from_secs(30));
+                }
+                continue;
             }
+            let kubelet_log = d.join("k3rs-kubelet.service.1.log");
+            node.wait(
+                "the restarted kubelet ready",
+                Duration::from_secs(90),
+                |_| Ok(std::fs::read_to_string(&kubelet_log)?.contains("kubelet ready")),
+            )
+            .await
+            .with_context(|| tails(&procs))?;
+            for _ in 0..10 {
+                let after = super::single::pods(&node)?;
+                ensure!(
+                    Some(&after) == before.as_ref(),
+                    "the pods changed across the restart:\nbefore {before:?}\nafter  {after:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            drop(procs);
         }
-        let tails = |procs: &[Proc]| {
-            procs
-                .iter()
-                .map(|p| p.log_tail(15))
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        };
-        node.wait("the node Ready", Duration::from_secs(120), |s| {
-            node_ready(s, "server")
-        })
-        .await
-        .with_context(|| tails(&procs))?;
-        node.kubectl_in(&["apply", "-f", "-"], super::single::DEPLOYMENT)?;
-        node.wait(
-            "the Deployment available",
-            Duration::from_secs(90),
-            super::single::available,
-        )
-        .await
-        .with_context(|| tails(&procs))?;
-        super::single::pod_to_pod(&node)?;
-        drop(procs);
         Ok(())
     });
 }

@@ -3,6 +3,7 @@
 //! one relist a second (`ListPodSandbox` + `ListContainers`) wakes the workers whose containers changed
 //! and finds leftovers of pods this node no longer has.
 
+pub mod admission;
 pub mod containers;
 pub mod env;
 pub mod eviction;
@@ -49,6 +50,8 @@ pub struct Shared {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Pods starting sandboxes or containers at once (two per core).
     pub start_slots: Arc<tokio::sync::Semaphore>,
+    /// This kubelet's Node as last written (labels, taints: what admission checks against).
+    pub node_object: Arc<RwLock<k8s_openapi::api::core::v1::Node>>,
     /// The hard `memory.available` eviction threshold (as written, in bytes).
     pub memory_threshold: Option<(String, i64)>,
 }
@@ -70,12 +73,16 @@ pub struct Controls {
     pub rewrite_status: Arc<std::sync::atomic::AtomicBool>,
     /// An eviction to carry out (its message).
     pub evict: Arc<parking_lot::Mutex<Option<String>>>,
+    /// Set before the worker starts when the pod failed admission.
+    pub reject: Option<admission::Rejection>,
 }
 
 struct Handle {
     tx: watch::Sender<Option<Arc<Pod>>>,
     controls: Controls,
     task: tokio::task::JoinHandle<()>,
+    /// Failed admission: holds no resources.
+    rejected: bool,
 }
 
 /// Runs the pod manager until `shutdown`; `synced` turns true once the first list has been handled.
@@ -194,11 +201,59 @@ fn spawn(
     pod: Option<Arc<Pod>>,
     shutdown: &CancellationToken,
 ) {
+    // A pod no kubelet has started yet is admitted against the pods already here (upstream's
+    // canAdmitPod); a pod that was running, or is finished or going, is not checked again.
+    let reject = pod.as_deref().filter(|p| needs_admission(p)).and_then(|p| {
+        let pods = sh.pods.read();
+        let admitted: Vec<&Pod> = workers
+            .iter()
+            .filter(|(u, h)| **u != uid && !h.rejected && !h.task.is_finished())
+            .filter_map(|(u, _)| pods.get(u).map(|p| &**p))
+            .filter(|p| !is_terminal(p))
+            .collect();
+        let node = sh.node_object.read();
+        admission::admit(
+            p,
+            &admitted,
+            &node,
+            &sh.allocatable,
+            static_pods::is_static(p),
+        )
+        .err()
+    });
     let (tx, rx) = watch::channel(pod);
-    let controls = Controls::default();
+    let controls = Controls {
+        reject: reject.clone(),
+        ..Controls::default()
+    };
     let w = worker::Worker::new(sh.clone(), uid.clone(), &controls);
     let task = tokio::spawn(w.run(rx, shutdown.child_token()));
-    workers.insert(uid, Handle { tx, controls, task });
+    workers.insert(
+        uid,
+        Handle {
+            tx,
+            controls,
+            task,
+            rejected: reject.is_some(),
+        },
+    );
+}
+
+fn is_terminal(pod: &Pod) -> bool {
+    matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// A pod this node has not started (no `startTime`), not finished and not being deleted.
+fn needs_admission(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .is_none()
+        && !is_terminal(pod)
+        && pod.metadata.deletion_timestamp.is_none()
 }
 
 fn apply(

@@ -69,6 +69,8 @@ pub struct Worker {
     rewrite_status: Arc<std::sync::atomic::AtomicBool>,
     /// An eviction the node-pressure manager asked for (its message).
     evict: Arc<parking_lot::Mutex<Option<String>>>,
+    /// The pod failed admission on this node: it is failed without starting anything.
+    reject: Option<super::admission::Rejection>,
     /// Conditions the kubelet adds beyond its own four (DisruptionTarget on eviction).
     extra_conditions: Vec<k8s_openapi::api::core::v1::PodCondition>,
     finished: bool,
@@ -100,6 +102,7 @@ impl Worker {
             cri,
             wake: controls.wake.clone(),
             evict: controls.evict.clone(),
+            reject: controls.reject.clone(),
             extra_conditions: Vec::new(),
             backoff: HashMap::new(),
             sandbox_backoff: None,
@@ -172,6 +175,18 @@ impl Worker {
         self.last_pod = Some(pod.clone());
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(&pod, rt).await;
+        }
+        if let Some(r) = self.reject.take()
+            && !self.finished
+        {
+            tracing::info!(pod = %pod_key(&pod), reason = %r.reason, "pod rejected: {}", r.message);
+            self.sh.events.warning(&*pod, &r.reason, r.message.clone());
+            self.forced = Some((
+                "Failed",
+                r.reason,
+                format!("Pod was rejected: {}", r.message),
+            ));
+            return self.finish(&pod, rt, 0).await;
         }
         let eviction = self.evict.lock().take();
         if let Some(msg) = eviction
@@ -355,6 +370,12 @@ impl Worker {
         let attempt = rt.sandboxes.first().map_or(0, |s| s.attempt + 1);
         let _ = std::fs::create_dir_all(spec::log_dir(&self.sh.node, pod));
         let config = spec::sandbox_config(&self.sh.node, pod, attempt);
+        if let Some(linux) = config.linux.as_ref()
+            && let Err(e) =
+                crate::cgroups::ensure_pod(&linux.cgroup_parent, crate::cgroups::pod_limits(pod))
+        {
+            tracing::warn!(pod = %pod_key(pod), error = %e, "setting the pod's cgroup limits");
+        }
         match runtime::run_sandbox(&mut self.cri, config).await {
             Ok(id) => {
                 self.sandbox_backoff = None;
@@ -956,6 +977,7 @@ impl Worker {
         }
         if let Some(pod) = &pod {
             let _ = std::fs::remove_dir_all(spec::log_dir(&self.sh.node, pod));
+            crate::cgroups::remove_pod(&spec::cgroup_parent(&self.sh.node, pod));
         }
         tracing::info!(uid = %self.uid, "pod removed from the node");
     }

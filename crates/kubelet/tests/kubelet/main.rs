@@ -1,6 +1,8 @@
 //! End-to-end tests of the kubelet's parts against the real containerd (Debian's, started by the
 //! kubelet's supervisor with its own root, state and socket — never the system's).
 
+mod admission;
+mod images;
 mod pods;
 
 use std::time::{Duration, Instant};

@@ -19,7 +19,11 @@ pub struct Env {
 
 impl Env {
     pub async fn start() -> Result<Self> {
-        let mut tb = Testbed::create()?;
+        Self::start_with(Testbed::create()?, &[]).await
+    }
+
+    /// A cluster and node on `tb` (which may hold other namespaces already), the kubelet with `args`.
+    pub async fn start_with(mut tb: Testbed, args: &[&str]) -> Result<Self> {
         let cluster = Cluster::start_on(
             Backend::Sqlite,
             &tb.gateway.clone(),
@@ -27,7 +31,7 @@ impl Env {
         )
         .await?;
         let cm = cluster.start_controller_manager("*").await?;
-        let node = AgentNode::start(&mut tb, &cluster, "node1", &[]).await?;
+        let node = AgentNode::start(&mut tb, &cluster, "node1", args).await?;
         let env = Self {
             node,
             _cm: cm,

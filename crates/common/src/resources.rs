@@ -1,10 +1,10 @@
-//! Resource lists as the scheduler adds and compares them: milli-CPU, bytes of memory and ephemeral
-//! storage, a pod count, and extended resources (`example.com/gpu`, `hugepages-2Mi`) by name; and a pod's
+//! Resource lists as the scheduler and the kubelet add and compare them: milli-CPU, bytes of memory and
+//! ephemeral storage, a pod count, and extended resources (`example.com/gpu`, `hugepages-2Mi`) by name; and a pod's
 //! effective request as upstream's `resourcehelper.PodRequests` computes it.
 
 use std::collections::BTreeMap;
 
-use k3rs_common::quantity::Quantity;
+use crate::quantity::Quantity;
 
 /// What the scheduler counts when a pod asks for nothing (upstream's `DefaultMilliCPURequest` and
 /// `DefaultMemoryRequest`): used only for scoring, so empty pods still spread.
