@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -84,6 +84,31 @@ impl Subject {
             Subject::KineMysql => "kine/MariaDB",
         }
     }
+}
+
+/// Runs the load generator `target/release/<driver>` once per round; each run prints a JSON line of
+/// figures last, from which `metrics` are taken (per metric, its values over the rounds).
+pub fn run_driver(driver: &str, metrics: &[&str], rounds: usize) -> Result<Vec<Vec<f64>>> {
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); metrics.len()];
+    for round in 0..rounds {
+        eprintln!("bench: round {}/{rounds}: {driver}", round + 1);
+        let mut cmd = Command::new(util::root().join("target/release").join(driver));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", util::describe(&cmd)))?;
+        if !out.status.success() {
+            bail!("{driver} failed ({})", out.status);
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or("");
+        for (i, m) in metrics.iter().enumerate() {
+            results[i].push(json_number(line, m).with_context(|| format!("{m} in {line:?}"))?);
+        }
+    }
+    Ok(results)
 }
 
 /// One measured value: (subject, metric) → values over rounds.

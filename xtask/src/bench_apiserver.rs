@@ -103,8 +103,17 @@ pub(crate) fn publish(
     rounds: usize,
     only: &Option<Vec<String>>,
 ) -> Result<()> {
+    publish_full(
+        name,
+        report,
+        rounds == crate::bench::ROUNDS && only.is_none(),
+    )
+}
+
+/// Prints the report, and writes it to `docs/benchmarks/<name>.md` when the run was a full one.
+pub(crate) fn publish_full(name: &str, report: &str, full: bool) -> Result<()> {
     println!("{report}");
-    if rounds != crate::bench::ROUNDS || only.is_some() {
+    if !full {
         eprintln!("bench: a partial run; docs/benchmarks/{name}.md left as it was");
         return Ok(());
     }

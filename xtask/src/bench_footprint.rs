@@ -4,12 +4,12 @@
 //! testbed nodes (release builds; `footprint-bench` drives it). The peer is K3s's published figures.
 //! Writes `docs/benchmarks/footprint.md`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::bench::{json_number, machine, median, revision};
+use crate::bench::{machine, median, revision};
 use crate::util;
 
 const METRICS: &[&str] = &[
@@ -50,27 +50,10 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     util::run(Command::new("strip").arg("-o").arg(&stripped).arg(&bin))?;
     let size_mb = std::fs::metadata(&stripped)?.len() as f64 / 1e6;
     let started = Instant::now();
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
-    for round in 0..rounds {
-        eprintln!("bench: round {}/{rounds}: footprint", round + 1);
-        let mut cmd = Command::new(util::root().join("target/release/footprint-bench"));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", util::describe(&cmd)))?;
-        if !out.status.success() {
-            bail!("footprint-bench failed ({})", out.status);
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or("");
-        for (i, m) in METRICS.iter().enumerate() {
-            results[i].push(json_number(line, m).with_context(|| format!("{m} in {line:?}"))?);
-        }
-    }
+    let results = crate::bench::run_driver("footprint-bench", METRICS, rounds)?;
     let report = render(size_mb, &results, started.elapsed(), rounds);
-    crate::bench_apiserver::publish("footprint", &report, rounds, &None)
+    // One round is a full run here: each holds a five-minute idle window (`--rounds 3` for medians).
+    crate::bench_apiserver::publish_full("footprint", &report, rounds >= 1)
 }
 
 fn render(size_mb: f64, results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {

@@ -3,12 +3,12 @@
 //! The peer is the published figure: upstream's pod-startup SLO and K3s's agent footprint. Writes
 //! `docs/benchmarks/kubelet.md`.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::bench::{json_number, machine, median, revision};
+use crate::bench::{machine, median, revision};
 use crate::util;
 
 const METRICS: &[&str] = &[
@@ -50,25 +50,7 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         "--bins",
     ]))?;
     let started = Instant::now();
-    let mut results: Vec<Vec<f64>> = vec![Vec::new(); METRICS.len()];
-    for round in 0..rounds {
-        eprintln!("bench: round {}/{rounds}: kubelet", round + 1);
-        let mut cmd = Command::new(util::root().join("target/release/kubelet-bench"));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let out = cmd
-            .output()
-            .with_context(|| format!("running {}", util::describe(&cmd)))?;
-        if !out.status.success() {
-            bail!("kubelet-bench failed ({})", out.status);
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or("");
-        for (i, m) in METRICS.iter().enumerate() {
-            results[i].push(json_number(line, m).with_context(|| format!("{m} in {line:?}"))?);
-        }
-    }
+    let results = crate::bench::run_driver("kubelet-bench", METRICS, rounds)?;
     let report = render(&results, started.elapsed(), rounds);
     crate::bench_apiserver::publish("kubelet", &report, rounds, &None)
 }

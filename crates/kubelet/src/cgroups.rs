@@ -41,20 +41,26 @@ pub fn pod_limits(pod: &Pod) -> PodLimits {
     let containers: Vec<_> = spec
         .map(|s| s.containers.iter().collect())
         .unwrap_or_default();
+    // A quantity in the unit the cgroup files take: milli-CPU, or bytes.
+    let amount = |name: &str, q: &k3rs_common::quantity::Quantity| -> i64 {
+        if name == "cpu" {
+            ((q.nanos + 999_999) / 1_000_000) as i64
+        } else {
+            k3rs_common::resources::units(q)
+        }
+    };
+    let limit_of = |c: &k8s_openapi::api::core::v1::Container, name: &str| -> Option<i64> {
+        c.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get(name))
+            .and_then(|q| k3rs_common::quantity::Quantity::parse(&q.0))
+            .map(|q| amount(name, &q))
+    };
     let limit = |name: &str| -> Option<i64> {
         let mut total = 0i64;
         for c in &containers {
-            let l = c
-                .resources
-                .as_ref()
-                .and_then(|r| r.limits.as_ref())
-                .and_then(|l| l.get(name))
-                .and_then(|q| k3rs_common::quantity::Quantity::parse(&q.0))?;
-            total += if name == "cpu" {
-                ((l.nanos + 999_999) / 1_000_000) as i64
-            } else {
-                k3rs_common::resources::units(&l)
-            };
+            total += limit_of(c, name)?;
         }
         // Init containers run alone: the pod needs at least the largest of their limits.
         let mut init_max = 0i64;
@@ -63,30 +69,13 @@ pub fn pod_limits(pod: &Pod) -> PodLimits {
             .into_iter()
             .flatten()
         {
-            let l = c
-                .resources
-                .as_ref()
-                .and_then(|r| r.limits.as_ref())
-                .and_then(|l| l.get(name))
-                .and_then(|q| k3rs_common::quantity::Quantity::parse(&q.0))?;
-            let v = if name == "cpu" {
-                ((l.nanos + 999_999) / 1_000_000) as i64
-            } else {
-                k3rs_common::resources::units(&l)
-            };
-            init_max = init_max.max(v);
+            init_max = init_max.max(limit_of(c, name)?);
         }
         let overhead = spec
             .and_then(|s| s.overhead.as_ref())
             .and_then(|o| o.get(name))
             .and_then(|q| k3rs_common::quantity::Quantity::parse(&q.0))
-            .map_or(0, |q| {
-                if name == "cpu" {
-                    ((q.nanos + 999_999) / 1_000_000) as i64
-                } else {
-                    k3rs_common::resources::units(&q)
-                }
-            });
+            .map_or(0, |q| amount(name, &q));
         (!containers.is_empty()).then_some(total.max(init_max) + overhead)
     };
     let qos = crate::pods::spec::qos_class(pod);

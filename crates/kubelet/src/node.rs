@@ -409,6 +409,11 @@ impl StatusReporter {
                 }
                 c
             };
+            let ready = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True");
             let due = last
                 .as_ref()
                 .is_none_or(|(v, at)| *v != comparable || at.elapsed() >= REPORT_EVERY);
@@ -445,9 +450,16 @@ impl StatusReporter {
                     Err(e) => tracing::warn!(error = %e, "updating node status"),
                 }
             }
+            // Until the node is Ready, look again every 200 ms so Ready is reported as soon as it holds
+            // (upstream's fast status update at start); then at the configured frequency.
+            let wait = if ready {
+                self.cfg.node_status_update_frequency
+            } else {
+                std::time::Duration::from_millis(200)
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(self.cfg.node_status_update_frequency) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }

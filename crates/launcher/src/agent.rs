@@ -13,7 +13,7 @@ use k3rs_common::join::{JoinError, JoinToken, NodeCredentials, NodeRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::group::Group;
-use crate::{Error, LogArgs, component_args, extra_flags};
+use crate::{CommonArgs, Error, LogArgs, component_args, extra_flags};
 
 /// The node flags `k3rs server` and `k3rs agent` share (K3s's).
 #[derive(Debug, Clone, Args)]
@@ -56,26 +56,11 @@ pub struct NodeArgs {
 /// The flags of `k3rs agent`.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
-    /// Configuration file (default /etc/k3rs/config.yaml, plus config.yaml.d/*.yaml)
-    #[arg(long, short = 'c', env = "K3RS_CONFIG_FILE")]
-    pub config: Option<PathBuf>,
     /// The server to join (https://host:6443)
     #[arg(long, short = 's', env = "K3RS_URL")]
     pub server: String,
-    /// The join token (K10…::server:secret, K10…::node:secret, a bootstrap token, or the bare secret)
-    #[arg(long, short = 't', env = "K3RS_TOKEN")]
-    pub token: Option<String>,
-    /// File holding the token
-    #[arg(long, env = "K3RS_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-    /// k3rs's state directory
-    #[arg(
-        long,
-        short = 'd',
-        env = "K3RS_DATA_DIR",
-        default_value = "/var/lib/k3rs"
-    )]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Only join: write the node's credentials under <data-dir>/agent and exit (for the per-component
     /// units, where `k3rs kubelet` and `k3rs flannel` then run on their own)
     #[arg(long)]
@@ -88,7 +73,7 @@ pub struct AgentArgs {
 
 /// Runs the agent until `shutdown`.
 pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error> {
-    let token = match (&a.token, &a.token_file) {
+    let token = match (&a.common.token, &a.common.token_file) {
         (_, Some(f)) => std::fs::read_to_string(f)
             .map(|t| t.trim().to_string())
             .map_err(Error::io(format!("token file {}", f.display())))?,
@@ -101,7 +86,7 @@ pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error>
     };
     let mut group = Group::new(shutdown);
     if a.join_only {
-        let joined = join_node(&group, &a.node, &a.data_dir, &a.server, &token).await?;
+        let joined = join_node(&group, &a.node, &a.common.data_dir, &a.server, &token).await?;
         println!(
             "joined {} as node {}: credentials under {}",
             a.server,
@@ -110,7 +95,7 @@ pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error>
         );
         return Ok(());
     }
-    let started = start_node(&mut group, &a.node, &a.data_dir, &a.server, &token).await;
+    let started = start_node(&mut group, &a.node, &a.common.data_dir, &a.server, &token).await;
     if !group.finish_start(started).await? {
         return Ok(());
     }

@@ -108,46 +108,62 @@ enum Command {
     CheckConfig,
     /// Bootstrap tokens that join agents
     Token {
-        /// k3rs's data directory (the server's)
-        #[arg(
-            long,
-            short = 'd',
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs",
-            global = true
-        )]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         #[command(subcommand)]
         action: admin::TokenAction,
     },
     /// Secrets encryption at rest: status, key rotation
     SecretsEncrypt {
-        /// k3rs's data directory (the server's)
-        #[arg(
-            long,
-            short = 'd',
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs",
-            global = true
-        )]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         #[command(subcommand)]
         action: admin::EncryptAction,
     },
     /// The server's certificates (under <data-dir>/server/tls)
     Certificate {
-        /// k3rs's data directory
-        #[arg(
-            long,
-            short = 'd',
-            env = "K3RS_DATA_DIR",
-            default_value = "/var/lib/k3rs",
-            global = true
-        )]
-        data_dir: std::path::PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
         #[command(subcommand)]
         action: k3rs_apiserver::cli::CertAction,
     },
+}
+
+/// The flags `k3rs server` and `k3rs agent` share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// Configuration file (default /etc/k3rs/config.yaml, plus config.yaml.d/*.yaml)
+    #[arg(long, short = 'c', env = "K3RS_CONFIG_FILE")]
+    pub config: Option<std::path::PathBuf>,
+    /// k3rs's state directory
+    #[arg(
+        long,
+        short = 'd',
+        env = "K3RS_DATA_DIR",
+        default_value = "/var/lib/k3rs"
+    )]
+    pub data_dir: std::path::PathBuf,
+    /// The join token: K10<CA hash>::server:<secret> (or ::node:), a bootstrap token, or the bare
+    /// secret; a server without one generates it into <data-dir>/server/token
+    #[arg(long, short = 't', env = "K3RS_TOKEN")]
+    pub token: Option<String>,
+    /// File holding the token
+    #[arg(long, env = "K3RS_TOKEN_FILE")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+/// The `--data-dir` of the maintenance commands (a server's).
+#[derive(Debug, Clone, clap::Args)]
+struct DataDir {
+    /// k3rs's data directory (the server's)
+    #[arg(
+        long,
+        short = 'd',
+        env = "K3RS_DATA_DIR",
+        default_value = "/var/lib/k3rs",
+        global = true
+    )]
+    data_dir: std::path::PathBuf,
 }
 
 /// Logging for `server` and `agent`.
@@ -256,10 +272,10 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Command::Ctr { args } => tools::ctr(args),
         Command::Crictl { args } => tools::crictl(args),
         Command::CheckConfig => tools::check_config(),
-        Command::Token { data_dir, action } => admin::token(&data_dir, action),
-        Command::SecretsEncrypt { data_dir, action } => admin::secrets_encrypt(&data_dir, action),
-        Command::Certificate { data_dir, action } => {
-            k3rs_apiserver::cli::certificate(&data_dir, action)
+        Command::Token { dir, action } => admin::token(&dir.data_dir, action),
+        Command::SecretsEncrypt { dir, action } => admin::secrets_encrypt(&dir.data_dir, action),
+        Command::Certificate { dir, action } => {
+            k3rs_apiserver::cli::certificate(&dir.data_dir, action)
         }
     }
 }

@@ -14,28 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{self, NodeArgs};
 use crate::bootstrap;
 use crate::group::Group;
-use crate::{Error, LogArgs, component_args, extra_flags};
+use crate::{CommonArgs, Error, LogArgs, component_args, extra_flags};
 
 /// The flags of `k3rs server` (K3s's where they exist; each also `K3RS_*`).
 #[derive(Debug, Clone, Args)]
 pub struct ServerArgs {
-    /// Configuration file (default /etc/k3rs/config.yaml, plus config.yaml.d/*.yaml)
-    #[arg(long, short = 'c', env = "K3RS_CONFIG_FILE")]
-    pub config: Option<PathBuf>,
-    /// k3rs's state directory
-    #[arg(
-        long,
-        short = 'd',
-        env = "K3RS_DATA_DIR",
-        default_value = "/var/lib/k3rs"
-    )]
-    pub data_dir: PathBuf,
-    /// Shared secret that joins servers and agents (generated into <data-dir>/server/token when unset)
-    #[arg(long, short = 't', env = "K3RS_TOKEN")]
-    pub token: Option<String>,
-    /// File holding the token
-    #[arg(long, env = "K3RS_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
     /// Secret that joins agents only
     #[arg(long, env = "K3RS_AGENT_TOKEN")]
     pub agent_token: Option<String>,
@@ -194,7 +179,7 @@ fn read_token_file(path: &Path) -> Result<String, Error> {
 /// Writes the admin kubeconfig where `--write-kubeconfig` says, with `--write-kubeconfig-mode`.
 fn write_kubeconfig(a: &ServerArgs) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt;
-    let src = a.data_dir.join("server/cred/admin.kubeconfig");
+    let src = a.common.data_dir.join("server/cred/admin.kubeconfig");
     let mode = u32::from_str_radix(&a.write_kubeconfig_mode, 8).map_err(|_| {
         Error::Config(format!(
             "--write-kubeconfig-mode {:?}: not an octal mode",
@@ -221,8 +206,8 @@ fn path(p: &Path) -> String {
 
 /// Runs the server until `shutdown`.
 pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), Error> {
-    if let Some(f) = &a.token_file {
-        a.token = Some(read_token_file(f)?);
+    if let Some(f) = &a.common.token_file {
+        a.common.token = Some(read_token_file(f)?);
     }
     if let Some(f) = &a.agent_token_file {
         a.agent_token = Some(read_token_file(f)?);
@@ -240,7 +225,7 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
             a.flannel_backend
         )));
     }
-    let server_dir = a.data_dir.join("server");
+    let server_dir = a.common.data_dir.join("server");
     std::fs::create_dir_all(server_dir.join("db")).map_err(Error::io(path(&server_dir)))?;
     let mut group = Group::new(shutdown);
     let started = start(&a, &mut group).await;
@@ -253,7 +238,7 @@ pub async fn run(mut a: ServerArgs, shutdown: CancellationToken) -> Result<(), E
 
 /// Starts every component of the server in `group`, in readiness order.
 async fn start(a: &ServerArgs, group: &mut Group) -> Result<(), Error> {
-    let dd = a.data_dir.clone();
+    let dd = a.common.data_dir.clone();
     let server_dir = dd.join("server");
 
     // The datastore: kine on a unix socket, unless the endpoint is a real etcd.
@@ -303,6 +288,7 @@ async fn start(a: &ServerArgs, group: &mut Group) -> Result<(), Error> {
     check_critical(&mut etcd, &critical(a)).await?;
     // The cluster's CAs and keys: from the datastore when another server made them.
     let known_token = a
+        .common
         .token
         .clone()
         .or_else(|| read_token_file(&server_dir.join("token")).ok());
@@ -346,7 +332,7 @@ async fn start(a: &ServerArgs, group: &mut Group) -> Result<(), Error> {
     if !a.tls_san.is_empty() {
         args.push(format!("--tls-san={}", a.tls_san.join(",")));
     }
-    if let Some(t) = &a.token {
+    if let Some(t) = &a.common.token {
         args.push(format!("--token={t}"));
     }
     if let Some(t) = &a.agent_token {
