@@ -698,7 +698,7 @@ pub fn down() -> Result<()> {
     let stopped = down_quiet(&dir);
     if stopped > 0 {
         eprintln!(
-            "cluster-down: stopped {stopped} processes; removed the namespaces, bridge {BRIDGE} and the guard table; data stays in {}/nodes",
+            "cluster-down: stopped {stopped} processes; removed the namespaces, the bridge {BRIDGE} and the rules it made; data stays in {}/nodes",
             dir.display()
         );
     } else {

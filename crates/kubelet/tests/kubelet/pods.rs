@@ -850,12 +850,19 @@ fn memory_pressure_evicts_best_effort_pods_first() {
         )
         .await?;
         let cm = cluster.start_controller_manager("*").await?;
-        // A threshold above any machine's memory: the node is under pressure from the start.
+        // A threshold of all the memory but 100Mi: the node is under pressure from the start, and its
+        // allocatable memory (capacity minus the threshold) still admits the 64Mi pod.
+        let total_kib: i64 = std::fs::read_to_string("/proc/meminfo")?
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        let threshold = total_kib * 1024 - 100 * 1024 * 1024;
         let node = AgentNode::start(
             &mut tb,
             &cluster,
             "node1",
-            &["--eviction-hard", "memory.available<1000Ti"],
+            &["--eviction-hard", &format!("memory.available<{threshold}")],
         )
         .await?;
         let env = Env {
@@ -890,10 +897,9 @@ spec:
         let st = &evicted["status"];
         assert_eq!(st["reason"], "Evicted", "{st}");
         assert!(
-            st["message"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("The node was low on resource: memory. Threshold quantity: 1000Ti"),
+            st["message"].as_str().unwrap_or("").starts_with(&format!(
+                "The node was low on resource: memory. Threshold quantity: {threshold}"
+            )),
             "{st}"
         );
         assert!(
