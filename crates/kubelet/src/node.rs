@@ -390,12 +390,16 @@ impl StatusReporter {
         )
     }
 
+    /// How long after start the status is looked at every 200 ms while the node is not Ready.
+    const FAST_FOR: std::time::Duration = std::time::Duration::from_secs(120);
+
     /// Writes the node status every `node_status_update_frequency` when it changed, and every minute
     /// anyway (heartbeat), until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let api: Api<Node> = Api::all(self.client.clone());
         let mut last: Option<(Value, Instant)> = None;
         let mut transitions: BTreeMap<String, (String, Time)> = BTreeMap::new();
+        let (started, mut starting) = (Instant::now(), true);
         loop {
             let machine = Machine::probe(&self.cfg.root_dir);
             let conds = runtime::status(&mut self.cri).await.unwrap_or_default();
@@ -450,9 +454,13 @@ impl StatusReporter {
                     Err(e) => tracing::warn!(error = %e, "updating node status"),
                 }
             }
-            // Until the node is Ready, look again every 200 ms so Ready is reported as soon as it holds
-            // (upstream's fast status update at start); then at the configured frequency.
-            let wait = if ready {
+            // Until the node is first Ready (for two minutes at most), look again every 200 ms so
+            // Ready is reported as soon as it holds (upstream's fast status update at start); then at
+            // the configured frequency.
+            if ready {
+                starting = false;
+            }
+            let wait = if !starting || started.elapsed() > Self::FAST_FOR {
                 self.cfg.node_status_update_frequency
             } else {
                 std::time::Duration::from_millis(200)
