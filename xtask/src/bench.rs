@@ -86,6 +86,18 @@ impl Subject {
     }
 }
 
+/// What a benchmark on testbed nodes needs first: no `--only` subjects, the host packages, the air-gap
+/// images, and a release build of what `build` names (cargo `build` arguments).
+pub fn prepare_node_bench(name: &str, only: &Option<Vec<String>>, build: &[&str]) -> Result<()> {
+    if only.is_some() {
+        bail!("the {name} benchmark has no --only subjects");
+    }
+    crate::deps::install()?;
+    crate::images::build()?;
+    eprintln!("bench: building release binaries");
+    util::run(util::cargo().args(["build", "--release"]).args(build))
+}
+
 /// Runs the load generator `target/release/<driver>` once per round; each run prints a JSON line of
 /// figures last, from which `metrics` are taken (per metric, its values over the rounds).
 pub fn run_driver(driver: &str, metrics: &[&str], rounds: usize) -> Result<Vec<Vec<f64>>> {

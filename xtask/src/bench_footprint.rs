@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::bench::{machine, median, revision};
 use crate::util;
@@ -27,24 +27,20 @@ const METRICS: &[&str] = &[
 ];
 
 pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
-    if only.is_some() {
-        bail!("the footprint benchmark has no --only subjects");
-    }
-    crate::deps::install()?;
-    crate::images::build()?;
-    eprintln!("bench: building release binaries");
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "k3rs-launcher",
-        "-p",
-        "k3rs-tests",
-        "--bin",
-        "k3rs",
-        "--bin",
-        "footprint-bench",
-    ]))?;
+    crate::bench::prepare_node_bench(
+        "footprint",
+        &only,
+        &[
+            "-p",
+            "k3rs-launcher",
+            "-p",
+            "k3rs-tests",
+            "--bin",
+            "k3rs",
+            "--bin",
+            "footprint-bench",
+        ],
+    )?;
     let bin = util::root().join("target/release/k3rs");
     let stripped = util::root().join("target/release/k3rs.stripped");
     util::run(Command::new("strip").arg("-o").arg(&stripped).arg(&bin))?;

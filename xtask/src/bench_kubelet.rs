@@ -6,10 +6,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::bench::{machine, median, revision};
-use crate::util;
 
 const METRICS: &[&str] = &[
     "kubelet_cpu_ms_per_pod",
@@ -26,29 +25,25 @@ const METRICS: &[&str] = &[
 ];
 
 pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
-    if only.is_some() {
-        bail!("the kubelet benchmark has no --only subjects");
-    }
-    crate::deps::install()?;
-    crate::images::build()?;
-    eprintln!("bench: building release binaries");
-    util::run(util::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "k3rs-kine",
-        "-p",
-        "k3rs-apiserver",
-        "-p",
-        "k3rs-controller-manager",
-        "-p",
-        "k3rs-kubelet",
-        "-p",
-        "k3rs-flannel",
-        "-p",
-        "k3rs-tests",
-        "--bins",
-    ]))?;
+    crate::bench::prepare_node_bench(
+        "kubelet",
+        &only,
+        &[
+            "-p",
+            "k3rs-kine",
+            "-p",
+            "k3rs-apiserver",
+            "-p",
+            "k3rs-controller-manager",
+            "-p",
+            "k3rs-kubelet",
+            "-p",
+            "k3rs-flannel",
+            "-p",
+            "k3rs-tests",
+            "--bins",
+        ],
+    )?;
     let started = Instant::now();
     let results = crate::bench::run_driver("kubelet-bench", METRICS, rounds)?;
     let report = render(&results, started.elapsed(), rounds);
