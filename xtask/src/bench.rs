@@ -87,24 +87,40 @@ impl Subject {
 }
 
 /// What a benchmark on testbed nodes needs first: no `--only` subjects, the host packages, the air-gap
-/// images, and a release build of what `build` names (cargo `build` arguments).
-pub fn prepare_node_bench(name: &str, only: &Option<Vec<String>>, build: &[&str]) -> Result<()> {
+/// images, and a build of what `build` names (cargo `build` arguments) with cargo profile `profile`
+/// (`release`, or `dist` for what ships).
+pub fn prepare_node_bench(
+    name: &str,
+    only: &Option<Vec<String>>,
+    profile: &str,
+    build: &[&str],
+) -> Result<()> {
     if only.is_some() {
         bail!("the {name} benchmark has no --only subjects");
     }
     crate::deps::install()?;
     crate::images::build()?;
-    eprintln!("bench: building release binaries");
-    util::run(util::cargo().args(["build", "--release"]).args(build))
+    eprintln!("bench: building {profile} binaries");
+    util::run(
+        util::cargo()
+            .args(["build", "--profile", profile])
+            .args(build),
+    )
 }
 
-/// Runs the load generator `target/release/<driver>` once per round; each run prints a JSON line of
-/// figures last, from which `metrics` are taken (per metric, its values over the rounds).
-pub fn run_driver(driver: &str, metrics: &[&str], rounds: usize) -> Result<Vec<Vec<f64>>> {
+/// Runs the load generator `target/<profile>/<driver>` once per round (it runs the binaries beside it);
+/// each run prints a JSON line of figures last, from which `metrics` are taken (per metric, its values
+/// over the rounds).
+pub fn run_driver(
+    profile: &str,
+    driver: &str,
+    metrics: &[&str],
+    rounds: usize,
+) -> Result<Vec<Vec<f64>>> {
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); metrics.len()];
     for round in 0..rounds {
         eprintln!("bench: round {}/{rounds}: {driver}", round + 1);
-        let mut cmd = Command::new(util::root().join("target/release").join(driver));
+        let mut cmd = Command::new(util::root().join("target").join(profile).join(driver));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());

@@ -1,7 +1,8 @@
 //! `cargo xtask bench footprint`: the size of the stripped `k3rs` binary, a cold start of `k3rs server`
 //! (exec → node Ready, → kube-system Ready) with images present, idle RSS and CPU of `k3rs server` (with
 //! its agent) and of a `k3rs agent` (containerd apart), and a 10-pod Deployment to all Running, on
-//! testbed nodes (release builds; `footprint-bench` drives it). The peer is K3s's published figures.
+//! testbed nodes (the `dist` profile that ships: fat LTO, one codegen unit, size-optimised;
+//! `footprint-bench` drives it). The peer is K3s's published figures.
 //! Writes `docs/benchmarks/footprint.md`.
 
 use std::process::Command;
@@ -30,6 +31,7 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     crate::bench::prepare_node_bench(
         "footprint",
         &only,
+        "dist",
         &[
             "-p",
             "k3rs-launcher",
@@ -41,12 +43,13 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
             "footprint-bench",
         ],
     )?;
-    let bin = util::root().join("target/release/k3rs");
-    let stripped = util::root().join("target/release/k3rs.stripped");
+    // The dist profile strips symbols itself; `strip` again in case a local profile keeps them.
+    let bin = util::root().join("target/dist/k3rs");
+    let stripped = util::root().join("target/dist/k3rs.stripped");
     util::run(Command::new("strip").arg("-o").arg(&stripped).arg(&bin))?;
     let size_mb = std::fs::metadata(&stripped)?.len() as f64 / 1e6;
     let started = Instant::now();
-    let results = crate::bench::run_driver("footprint-bench", METRICS, rounds)?;
+    let results = crate::bench::run_driver("dist", "footprint-bench", METRICS, rounds)?;
     let report = render(size_mb, &results, started.elapsed(), rounds);
     // One round is a full run here: each holds a five-minute idle window (`--rounds 3` for medians).
     crate::bench_apiserver::publish_full("footprint", &report, rounds >= 1)
@@ -62,7 +65,8 @@ fn render(size_mb: f64, results: &[Vec<f64>], elapsed: Duration, rounds: usize) 
     let pass = |ok: bool| if ok { "pass" } else { "miss" };
     let mut out = String::from("# Benchmark: footprint\n\n");
     out.push_str(&format!(
-        "`cargo xtask bench footprint` (k3rs {}): release `k3rs`; `k3rs server` (kine on SQLite, \
+        "`cargo xtask bench footprint` (k3rs {}): `k3rs` as shipped (cargo profile \
+         `dist`: release with fat LTO, one codegen unit, `opt-level = \"s\"`, symbols stripped); `k3rs server` (kine on SQLite, \
          apiserver, controller-manager, scheduler and the node's agent — kubelet supervising Debian's \
          containerd, flannel — in one process) on a fresh data dir in a testbed namespace, images present \
          from the air-gap tarballs; then a `k3rs agent` in a second namespace joins it. Cold start runs \

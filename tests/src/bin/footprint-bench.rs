@@ -1,8 +1,8 @@
-//! The load generator of `cargo xtask bench footprint`: `k3rs server` (release, all components and the
-//! node's agent in one process) on a fresh data dir in a testbed namespace, timed from exec to its node
-//! Ready and to every kube-system pod Ready; a `k3rs agent` joined to it; both left idle (RSS and CPU
-//! over the idle window, containerd reported apart); then a 10-pod Deployment applied and timed to all
-//! pods Running. Prints one JSON line of figures.
+//! The load generator of `cargo xtask bench footprint`: `k3rs server` (the shipped `dist` build, all
+//! components and the node's agent in one process) on a fresh data dir in a testbed namespace, timed
+//! from exec to its node Ready and to every kube-system pod Ready; a `k3rs agent` joined to it; both
+//! left idle (RSS and CPU over the idle window, containerd reported apart); then a 10-pod Deployment
+//! applied and timed to all pods Running. Prints one JSON line of figures.
 
 use std::time::{Duration, Instant};
 
