@@ -1,6 +1,7 @@
 //! Leader election through a coordination.k8s.io Lease, as client-go's: a candidate takes the Lease when
 //! it is free or its holder has not renewed it for `lease_duration` (measured on this candidate's clock,
-//! from when it last saw the record change), the leader renews it every `retry_period` and gives up if it
+//! from when it last saw the record change), the leader renews it every `retry_period` (optimistically:
+//! one update of the Lease it last wrote, reading it again only when that fails) and gives up if it
 //! cannot for `renew_deadline`. On a clean stop the leader releases the Lease so another takes over at
 //! once.
 
@@ -57,6 +58,8 @@ pub struct Elector {
     s: Settings,
     /// The record last seen and when it was first seen so.
     observed: Option<(LeaseSpec, Instant)>,
+    /// The Lease as this candidate last wrote it (its resourceVersion), while it leads.
+    written: Option<Lease>,
 }
 
 fn now() -> MicroTime {
@@ -69,6 +72,7 @@ impl Elector {
             api: Api::namespaced(client, &s.namespace),
             s,
             observed: None,
+            written: None,
         }
     }
 
@@ -78,6 +82,31 @@ impl Elector {
 
     /// One attempt to take or renew the Lease; true if we hold it now.
     async fn try_acquire_or_renew(&mut self) -> Result<bool, KubeError> {
+        // Fast path (client-go's): the leader, whose lease is still valid, updates the Lease it last
+        // wrote without reading it first; a conflict means somebody else wrote it, so read it again.
+        if let Some(mut lease) = self.written.take()
+            && self.observed.as_ref().is_some_and(|(spec, at)| {
+                at.elapsed()
+                    < Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64)
+            })
+        {
+            if let Some(spec) = lease.spec.as_mut() {
+                spec.renew_time = Some(now());
+            }
+            match self
+                .api
+                .replace(&self.s.name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(l) => {
+                    self.wrote(l);
+                    return Ok(true);
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "updating the leader lease optimistically failed; reading it again")
+                }
+            }
+        }
         let duration = self.s.lease_duration.as_secs() as i32;
         let Some(mut lease) = self.api.get_opt(&self.s.name).await? else {
             let lease = Lease {
@@ -97,7 +126,7 @@ impl Elector {
             };
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(l) => {
-                    self.observed = l.spec.map(|s| (s, Instant::now()));
+                    self.wrote(l);
                     Ok(true)
                 }
                 Err(KubeError::Api(s)) if s.code == 409 => Ok(false),
@@ -138,12 +167,19 @@ impl Elector {
             .await
         {
             Ok(l) => {
-                self.observed = l.spec.map(|s| (s, Instant::now()));
+                self.wrote(l);
                 Ok(true)
             }
             Err(KubeError::Api(s)) if s.code == 409 => Ok(false),
             Err(err) => Err(err),
         }
+    }
+
+    /// Records the Lease as this candidate just wrote it (it leads).
+    fn wrote(&mut self, mut lease: Lease) {
+        lease.metadata.managed_fields = None;
+        self.observed = lease.spec.clone().map(|s| (s, Instant::now()));
+        self.written = Some(lease);
     }
 
     /// Waits until this candidate leads (false if `shutdown` came first).
@@ -207,6 +243,7 @@ impl Elector {
 
     /// Gives the Lease up (upstream's ReleaseOnCancel): another candidate may take it at once.
     async fn release(&mut self) {
+        self.written = None;
         let Ok(Some(mut lease)) = self.api.get_opt(&self.s.name).await else {
             return;
         };
