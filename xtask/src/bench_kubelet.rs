@@ -28,6 +28,7 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     crate::bench::prepare_node_bench(
         "kubelet",
         &only,
+        "release",
         &[
             "-p",
             "k3rs-kine",
@@ -45,7 +46,7 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
         ],
     )?;
     let started = Instant::now();
-    let results = crate::bench::run_driver("kubelet-bench", METRICS, rounds)?;
+    let results = crate::bench::run_driver("release", "kubelet-bench", METRICS, rounds)?;
     let report = render(&results, started.elapsed(), rounds);
     crate::bench_apiserver::publish("kubelet", &report, rounds, &None)
 }
@@ -71,7 +72,7 @@ fn render(results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {
          each batch once the previous one runs; a pod's start latency runs from its create request to \
          the `Running` phase seen by a pod watch. RSS is read from /proc after 15 s idle and 10 s after \
          the 100th pod runs; CPU is the processes' user + system time (and the machine's busy time) \
-         over the 100 starts, per pod. The kubelet starts sandboxes and containers of at most two pods \
+         over the 100 starts, per pod. The kubelet starts sandboxes and containers of at most one pod \
          per core at once, first come first served.\n\nMachine: {}. Run took {:.0} s.\n\n",
         revision(),
         containerd_version(),

@@ -259,7 +259,7 @@ async fn run_on_runtime(
             pods::eviction::threshold(t, machine.memory_bytes).map(|b| (t.clone(), b))
         }),
         start_slots: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(4, |n| n.get() * 2),
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
         node_uid,
     });

@@ -48,7 +48,7 @@ pub struct Shared {
     /// The Node's UID (mirror pods' owner).
     pub node_uid: String,
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// Pods starting sandboxes or containers at once (two per core).
+    /// Pods starting sandboxes or containers at once (one per core).
     pub start_slots: Arc<tokio::sync::Semaphore>,
     /// This kubelet's Node as last written (labels, taints: what admission checks against).
     pub node_object: Arc<RwLock<k8s_openapi::api::core::v1::Node>>,
