@@ -95,7 +95,9 @@ pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error>
         );
         return Ok(());
     }
-    let started = start_node(&mut group, &a.node, &a.common.data_dir, &a.server, &token).await;
+    let started = start_node(&mut group, &a.node, &a.common.data_dir, &a.server, &token)
+        .await
+        .map(drop);
     if !group.finish_start(started).await? {
         return Ok(());
     }
@@ -271,15 +273,15 @@ async fn join_node(
     })
 }
 
-/// Joins `server` and starts this node's kubelet and flannel in `group`; returns once the kubelet is
-/// ready.
+/// Joins `server` and starts this node's kubelet and flannel in `group`; returns the node's name once
+/// the kubelet is ready.
 pub async fn start_node(
     group: &mut Group,
     node: &NodeArgs,
     data_dir: &Path,
     server: &str,
     token: &str,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     let Joined {
         name,
         files,
@@ -352,5 +354,6 @@ pub async fn start_node(
         "kubelet",
         k3rs_kubelet::run_with_readiness(config, group.shutdown().child_token(), ready.clone()),
     );
-    group.wait_ready("kubelet", &ready).await
+    group.wait_ready("kubelet", &ready).await?;
+    Ok(name)
 }

@@ -410,7 +410,65 @@ async fn start(a: &ServerArgs, group: &mut Group) -> Result<(), Error> {
             ip => ip.to_string(),
         };
         let url = format!("https://{host}:{port}");
-        agent::start_node(group, &a.node, &dd, &url, &token).await?;
+        let name = agent::start_node(group, &a.node, &dd, &url, &token).await?;
+        let shutdown = group.shutdown();
+        group.spawn(
+            "node-roles",
+            label_server_node(dd.clone(), url, name, shutdown),
+        );
     }
+    Ok(())
+}
+
+/// K3s's role labels on a server's own node (`node-role.kubernetes.io/control-plane` and `…/master`,
+/// "true"), set with the admin credential: a kubelet may not give its node roles itself (NodeRestriction).
+/// Retries until the Node exists and the labels are there, then waits for shutdown.
+async fn label_server_node(
+    data_dir: PathBuf,
+    url: String,
+    node: String,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams};
+
+    let patch = json!({"metadata": {"labels": {
+        "node-role.kubernetes.io/control-plane": "true",
+        "node-role.kubernetes.io/master": "true",
+    }}});
+    let mut logged = false;
+    loop {
+        let done = async {
+            let path = data_dir.join("server/cred/admin.kubeconfig");
+            let kc = kube::config::Kubeconfig::read_from(&path).map_err(|e| e.to_string())?;
+            let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            config.cluster_url = url.parse().map_err(|e| format!("{url}: {e}"))?;
+            let nodes: Api<Node> =
+                Api::all(kube::Client::try_from(config).map_err(|e| e.to_string())?);
+            nodes
+                .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        match done {
+            Ok(_) => {
+                tracing::info!(%node, "labelled the server's node control-plane,master");
+                break;
+            }
+            Err(e) if !logged => {
+                tracing::info!(%node, error = %e, "labelling the server's node: will retry");
+                logged = true;
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+    shutdown.cancelled().await;
     Ok(())
 }

@@ -1,6 +1,7 @@
-//! `k3rs server` in one process on a fresh data dir: the node becomes Ready, a Deployment of busybox
-//! HTTP servers becomes available and one pod reaches another over the pod network; after a restart of
-//! k3rs (SIGTERM, then SIGKILL) the same containers are still running and nothing stored is lost.
+//! `k3rs server` in one process on a fresh data dir: the node becomes Ready with K3s's role labels, a
+//! Deployment of busybox HTTP servers becomes available and one pod reaches another over the pod
+//! network; after a restart of k3rs (SIGTERM, then SIGKILL) the same containers are still running and
+//! nothing stored is lost.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -81,6 +82,15 @@ fn one_process_runs_a_workload_and_survives_its_restart() {
         let mut server = K3rsNode::new(&mut tb, "server")?;
         server.spawn(server.server_args(&[]), &[])?;
         wait_up(&mut server).await?;
+        // K3s's role labels on a server's node: `kubectl get nodes` shows control-plane,master.
+        server
+            .wait("the node's role labels", Duration::from_secs(30), |s| {
+                let n = s.get_json(&["get", "node", "server"])?;
+                let labels = &n["metadata"]["labels"];
+                Ok(labels["node-role.kubernetes.io/control-plane"] == "true"
+                    && labels["node-role.kubernetes.io/master"] == "true")
+            })
+            .await?;
         server.kubectl_in(&["apply", "-f", "-"], DEPLOYMENT)?;
         server
             .wait(
