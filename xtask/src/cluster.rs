@@ -70,8 +70,15 @@ fn parse(args: &[String]) -> Result<Options> {
     Ok(o)
 }
 
+/// Whether process `pid` exists and has not exited (a zombie has). Not by `/proc/<pid>/cmdline`: that
+/// reads empty while the process is between `nsenter` and the `k3rs` it executes.
 fn pid_alive(pid: u32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+    pid != 0
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
 }
 
 /// PIDs this cluster started, by name (from `.k3rs/pids/`).
@@ -237,6 +244,25 @@ pub fn up(args: &[String]) -> Result<()> {
     for sub in ["pids", "logs", "nodes"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
+    let result = start(&o, &dir, &k3rs, endpoint, &kubeconfig);
+    if result.is_err() {
+        eprintln!(
+            "cluster-up: failed; stopping what it started (logs stay in {}/logs)",
+            dir.display()
+        );
+        down_quiet(&dir);
+    }
+    result
+}
+
+/// Makes the testbed and starts the nodes (what `cluster-down` undoes).
+fn start(
+    o: &Options,
+    dir: &Path,
+    k3rs: &Path,
+    endpoint: Option<String>,
+    kubeconfig: &Path,
+) -> Result<()> {
     // The guard table, unless one is in place already (a test run's): then that one stays its owner's.
     if !crate::guard::exists() {
         crate::guard::Guard::install()?.keep();
@@ -297,13 +323,8 @@ pub fn up(args: &[String]) -> Result<()> {
         if let Some(ep) = &endpoint {
             args.push(format!("--datastore-endpoint={ep}"));
         }
-        spawn(&dir, &k3rs, SERVER_NS, "server", &args)?;
-        wait_log(
-            &dir,
-            "server",
-            "k3rs server is up",
-            Duration::from_secs(120),
-        )?;
+        spawn(dir, k3rs, SERVER_NS, "server", &args)?;
+        wait_log(dir, "server", "k3rs server is up", Duration::from_secs(120))?;
     } else {
         std::fs::create_dir_all(server.join("server/db"))?;
         let sock = format!("unix://{sd}/server/kine.sock");
@@ -314,8 +335,8 @@ pub fn up(args: &[String]) -> Result<()> {
                     .clone()
                     .unwrap_or_else(|| format!("sqlite://{sd}/server/db/state.db"));
                 spawn(
-                    &dir,
-                    &k3rs,
+                    dir,
+                    k3rs,
                     SERVER_NS,
                     "kine",
                     &[
@@ -325,7 +346,7 @@ pub fn up(args: &[String]) -> Result<()> {
                     ],
                 )?;
                 wait_log(
-                    &dir,
+                    dir,
                     "kine",
                     "kine is serving the etcd API",
                     Duration::from_secs(60),
@@ -334,8 +355,8 @@ pub fn up(args: &[String]) -> Result<()> {
             }
         };
         spawn(
-            &dir,
-            &k3rs,
+            dir,
+            k3rs,
             SERVER_NS,
             "apiserver",
             &[
@@ -345,15 +366,10 @@ pub fn up(args: &[String]) -> Result<()> {
                 format!("--advertise-address={addr}"),
             ],
         )?;
-        wait_log(
-            &dir,
-            "apiserver",
-            "apiserver ready",
-            Duration::from_secs(60),
-        )?;
+        wait_log(dir, "apiserver", "apiserver ready", Duration::from_secs(60))?;
         spawn(
-            &dir,
-            &k3rs,
+            dir,
+            k3rs,
             SERVER_NS,
             "controller-manager",
             &[
@@ -365,8 +381,8 @@ pub fn up(args: &[String]) -> Result<()> {
             ],
         )?;
         spawn(
-            &dir,
-            &k3rs,
+            dir,
+            k3rs,
             SERVER_NS,
             "scheduler",
             &[
@@ -375,13 +391,13 @@ pub fn up(args: &[String]) -> Result<()> {
             ],
         )?;
         wait_log(
-            &dir,
+            dir,
             "controller-manager",
             "controller-manager ready",
             Duration::from_secs(60),
         )?;
         wait_log(
-            &dir,
+            dir,
             "scheduler",
             "caches synced; scheduling",
             Duration::from_secs(60),
@@ -389,7 +405,7 @@ pub fn up(args: &[String]) -> Result<()> {
         let join = Command::new("nsenter")
             .arg(format!("--net=/run/netns/{SERVER_NS}"))
             .arg("--")
-            .arg(&k3rs)
+            .arg(k3rs)
             .args(["agent", "--join-only", "--server=https://127.0.0.1:6443"])
             .arg(format!("--token-file={sd}/server/token"))
             .args(&node_flags(&server, "server", &addr)[..3])
@@ -408,10 +424,10 @@ pub fn up(args: &[String]) -> Result<()> {
             format!("--client-ca-file={sd}/agent/client-ca.crt"),
         ];
         args.extend(kubelet_flags(&server, "server", &addr));
-        spawn(&dir, &k3rs, SERVER_NS, "kubelet", &args)?;
+        spawn(dir, k3rs, SERVER_NS, "kubelet", &args)?;
         spawn(
-            &dir,
-            &k3rs,
+            dir,
+            k3rs,
             SERVER_NS,
             "flannel",
             &[
@@ -421,13 +437,8 @@ pub fn up(args: &[String]) -> Result<()> {
                 "--node-name=server".into(),
             ],
         )?;
-        wait_log(&dir, "kubelet", "kubelet ready", Duration::from_secs(120))?;
-        wait_log(
-            &dir,
-            "flannel",
-            "pod network ready",
-            Duration::from_secs(60),
-        )?;
+        wait_log(dir, "kubelet", "kubelet ready", Duration::from_secs(120))?;
+        wait_log(dir, "flannel", "pod network ready", Duration::from_secs(60))?;
     }
     let token = std::fs::read_to_string(server.join("server/token"))?
         .trim()
@@ -441,10 +452,10 @@ pub fn up(args: &[String]) -> Result<()> {
             format!("--token={token}"),
         ];
         args.extend(node_flags(&d, name, a));
-        spawn(&dir, &k3rs, &format!("k3rs-dev-{name}"), name, &args)?;
+        spawn(dir, k3rs, &format!("k3rs-dev-{name}"), name, &args)?;
     }
     for (name, _) in nodes.iter().skip(1) {
-        wait_log(&dir, name, "k3rs agent is up", Duration::from_secs(120))?;
+        wait_log(dir, name, "k3rs agent is up", Duration::from_secs(120))?;
     }
     // kubectl from this namespace reaches the server over the bridge.
     let written = if o.single_process {
@@ -454,11 +465,11 @@ pub fn up(args: &[String]) -> Result<()> {
     };
     let text = std::fs::read_to_string(&written)?
         .replace("https://127.0.0.1:", &format!("https://{addr}:"));
-    std::fs::write(&kubeconfig, text)?;
+    std::fs::write(kubeconfig, text)?;
     let start = Instant::now();
     loop {
         // Only the nodes started now: a node of an earlier run stays Ready until its lease expires.
-        let out = kubectl(&kubeconfig, &["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"])
+        let out = kubectl(kubeconfig, &["get", "nodes", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}"])
             .unwrap_or_default();
         let ready = out
             .lines()
@@ -482,7 +493,7 @@ pub fn up(args: &[String]) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    print_usage(&kubeconfig)
+    print_usage(kubeconfig)
 }
 
 fn print_usage(kubeconfig: &Path) -> Result<()> {
