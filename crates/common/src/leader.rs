@@ -93,15 +93,8 @@ impl Elector {
             if let Some(spec) = lease.spec.as_mut() {
                 spec.renew_time = Some(now());
             }
-            match self
-                .api
-                .replace(&self.s.name, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(l) => {
-                    self.wrote(l);
-                    return Ok(true);
-                }
+            match self.replace(&lease).await {
+                Ok(()) => return Ok(true),
                 Err(err) => {
                     tracing::warn!(%err, "updating the leader lease optimistically failed; reading it again")
                 }
@@ -161,18 +154,22 @@ impl Elector {
         next.renew_time = Some(now());
         lease.spec = Some(next);
         lease.metadata.managed_fields = None;
-        match self
-            .api
-            .replace(&self.s.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(l) => {
-                self.wrote(l);
-                Ok(true)
-            }
+        match self.replace(&lease).await {
+            Ok(()) => Ok(true),
             Err(KubeError::Api(s)) if s.code == 409 => Ok(false),
             Err(err) => Err(err),
         }
+    }
+
+    /// Writes `lease` over the stored one (a conflict if it changed since `lease` was read); on success
+    /// this candidate leads.
+    async fn replace(&mut self, lease: &Lease) -> Result<(), KubeError> {
+        let l = self
+            .api
+            .replace(&self.s.name, &PostParams::default(), lease)
+            .await?;
+        self.wrote(l);
+        Ok(())
     }
 
     /// Records the Lease as this candidate just wrote it (it leads).
