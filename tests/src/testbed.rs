@@ -22,6 +22,8 @@ pub struct Testbed {
     /// The host's address on the bridge.
     pub gateway: String,
     namespaces: Vec<String>,
+    /// Host-side veth ends, deleted before the namespaces (a namespace's own links go asynchronously).
+    links: Vec<String>,
     next: u8,
 }
 
@@ -38,6 +40,7 @@ impl Testbed {
                 gateway: format!("172.31.{}.1", 240 + slot),
                 bridge,
                 namespaces: Vec::new(),
+                links: Vec::new(),
                 next: 10,
             };
             ip(&[
@@ -62,9 +65,13 @@ impl Testbed {
         let host_if = format!("k3v{}x{n}", self.slot);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
+        // This slot is ours (we made its bridge): a link of this name is a leftover of the slot's last
+        // user whose namespace the kernel has not finished tearing down.
+        let _ = ip(&["link", "del", &host_if]);
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;
+        self.links.push(host_if.clone());
         ip(&["link", "set", &host_if, "master", &self.bridge])?;
         ip(&["link", "set", &host_if, "up"])?;
         ip(&[
@@ -93,6 +100,11 @@ impl Testbed {
 
 impl Drop for Testbed {
     fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both at once; a namespace's links go asynchronously,
+        // after the slot (the bridge) may already be someone else's.
+        for link in self.links.drain(..) {
+            let _ = ip(&["link", "del", &link]);
+        }
         for ns in self.namespaces.drain(..) {
             let _ = ip(&["netns", "del", &ns]);
         }

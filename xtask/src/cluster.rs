@@ -627,6 +627,15 @@ fn down_quiet(dir: &Path) -> usize {
     }
     let _ = std::fs::remove_dir_all(dir.join("pids"));
     clean_nodes(dir);
+    // The host ends of the nodes' veths first: deleting one deletes its pair at once, whereas a
+    // namespace's links go asynchronously (and a quick `cluster-up` would find `k3dev0` still there).
+    let links = util::output(Command::new("ip").args(["-o", "link", "show"])).unwrap_or_default();
+    for link in links.lines().filter_map(|l| l.split(": ").nth(1)) {
+        let name = link.split('@').next().unwrap_or(link);
+        if name.starts_with("k3dev") {
+            let _ = Command::new("ip").args(["link", "del", name]).status();
+        }
+    }
     let out = util::output(Command::new("ip").args(["netns", "list"])).unwrap_or_default();
     for ns in out.lines().filter_map(|l| l.split_whitespace().next()) {
         if ns.starts_with("k3rs-dev-") {
