@@ -49,14 +49,18 @@ fn kubeconfig(data_dir: &Path) -> PathBuf {
     data_dir.join("server/cred/admin.kubeconfig")
 }
 
-async fn client(data_dir: &Path) -> Result<kube::Client, String> {
+/// The admin credential's client configuration.
+pub(crate) async fn admin_config(data_dir: &Path) -> Result<kube::Config, String> {
     let path = kubeconfig(data_dir);
     let kc = kube::config::Kubeconfig::read_from(&path)
         .map_err(|e| format!("{}: {e} (is this a server's --data-dir?)", path.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+    kube::Config::from_custom_kubeconfig(kc, &Default::default())
         .await
-        .map_err(|e| e.to_string())?;
-    kube::Client::try_from(config).map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
+}
+
+async fn client(data_dir: &Path) -> Result<kube::Client, String> {
+    kube::Client::try_from(admin_config(data_dir).await?).map_err(|e| e.to_string())
 }
 
 fn run<F: std::future::Future<Output = Result<(), String>>>(f: F) -> ExitCode {

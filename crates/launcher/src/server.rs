@@ -436,24 +436,17 @@ async fn label_server_node(
         "node-role.kubernetes.io/control-plane": "true",
         "node-role.kubernetes.io/master": "true",
     }}});
+    let fail = |e: String| Error::Config(format!("the admin credential: {e}"));
+    let mut config = crate::admin::admin_config(&data_dir).await.map_err(fail)?;
+    config.cluster_url = url.parse().map_err(|e| fail(format!("{url}: {e}")))?;
+    let nodes: Api<Node> =
+        Api::all(kube::Client::try_from(config).map_err(|e| fail(e.to_string()))?);
     let mut logged = false;
     loop {
-        let done = async {
-            let path = data_dir.join("server/cred/admin.kubeconfig");
-            let kc = kube::config::Kubeconfig::read_from(&path).map_err(|e| e.to_string())?;
-            let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            config.cluster_url = url.parse().map_err(|e| format!("{url}: {e}"))?;
-            let nodes: Api<Node> =
-                Api::all(kube::Client::try_from(config).map_err(|e| e.to_string())?);
-            nodes
-                .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        match done {
+        match nodes
+            .patch(&node, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => {
                 tracing::info!(%node, "labelled the server's node control-plane,master");
                 break;
