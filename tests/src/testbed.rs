@@ -65,9 +65,6 @@ impl Testbed {
         let host_if = format!("k3v{}x{n}", self.slot);
         ip(&["netns", "add", &ns])?;
         self.namespaces.push(ns.clone());
-        // This slot is ours (we made its bridge): a link of this name is a leftover of the slot's last
-        // user whose namespace the kernel has not finished tearing down.
-        let _ = ip(&["link", "del", &host_if]);
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
         ])?;

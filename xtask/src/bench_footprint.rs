@@ -5,7 +5,6 @@
 //! `footprint-bench` drives it). The peer is K3s's published figures.
 //! Writes `docs/benchmarks/footprint.md`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -43,11 +42,8 @@ pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
             "footprint-bench",
         ],
     )?;
-    // The dist profile strips symbols itself; `strip` again in case a local profile keeps them.
-    let bin = util::root().join("target/dist/k3rs");
-    let stripped = util::root().join("target/dist/k3rs.stripped");
-    util::run(Command::new("strip").arg("-o").arg(&stripped).arg(&bin))?;
-    let size_mb = std::fs::metadata(&stripped)?.len() as f64 / 1e6;
+    // The dist profile strips the symbols itself.
+    let size_mb = std::fs::metadata(util::root().join("target/dist/k3rs"))?.len() as f64 / 1e6;
     let started = Instant::now();
     let results = crate::bench::run_driver("dist", "footprint-bench", METRICS, rounds)?;
     let report = render(size_mb, &results, started.elapsed(), rounds);
