@@ -148,6 +148,7 @@ impl AgentNode {
             healthz_port: crate::free_port(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
+        mount_run_tmpfs(node.dir.path())?;
         node.serving_cert()?;
         node.start_flannel()?;
         node.start_kubelet().await?;
@@ -516,6 +517,22 @@ impl NodeLeftovers {
         self.kill_leftovers();
         self.unmount_all();
     }
+}
+
+/// The node's `run` directory (containerd's and runc's state: K3s's `/run/k3s/containerd`) on a tmpfs
+/// of its own, as `/run` is on a host; `NodeLeftovers::clean` unmounts it with the rest.
+fn mount_run_tmpfs(dir: &Path) -> Result<()> {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run)?;
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "mode=0755,size=1g", "k3rs-test-run"])
+        .arg(&run)
+        .status()?
+        .success();
+    if !ok {
+        bail!("mount -t tmpfs on {} failed", run.display());
+    }
+    Ok(())
 }
 
 fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -1,8 +1,8 @@
 //! The agent's own containerd, as K3s supervises it: a `config.toml` (version 2, the CRI plugin with our
-//! sandbox image, overlayfs, CNI from `/usr/lib/cni` and the agent's conf dir, runc with cgroupfs, the
-//! streaming server on loopback) under `<data-dir>/agent/etc/containerd/`, containerd started with its
-//! own root, state and socket, restarted if it dies, and stopped with SIGTERM to containerd alone —
-//! containers keep running (their shims live in their own process groups).
+//! sandbox image, overlayfs, CNI from `/usr/lib/cni` and the agent's conf dir, runc with cgroupfs and
+//! its state under ours, the streaming server on loopback) under `<data-dir>/agent/etc/containerd/`,
+//! containerd started with its own root, state and socket, restarted if it dies, and stopped with
+//! SIGTERM to containerd alone — containers keep running (their shims live in their own process groups).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -182,6 +182,7 @@ state = {state}
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
   SystemdCgroup = false
+  Root = {runc_root}
 
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = {cni_bin}
@@ -189,6 +190,7 @@ state = {state}
 {registries}"#,
         root = p(&s.root_dir()),
         state = p(&s.state_dir),
+        runc_root = p(&s.state_dir.join("runc")),
         socket = p(&s.socket),
         sandbox = toml_str(&s.sandbox_image),
         stream_port = s.stream_port,
@@ -417,6 +419,8 @@ mod tests {
         assert!(c.contains("address = \"/run/k3rs/containerd/containerd.sock\""));
         assert!(c.contains("conf_dir = \"/var/lib/k3rs/agent/etc/cni/net.d\""));
         assert!(c.contains("SystemdCgroup = false"));
+        // runc's state is ours too, not the host containerd's /run/containerd/runc.
+        assert!(c.contains("Root = \"/run/k3rs/containerd/runc\""));
         assert!(c.contains("sandbox_image = \"docker.io/rancher/mirrored-pause:3.6\""));
         assert_eq!(toml_str("a\"b\\"), "\"a\\\"b\\\\\"");
     }

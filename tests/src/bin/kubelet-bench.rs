@@ -161,8 +161,31 @@ async fn bench() -> Result<String> {
         })
         .collect();
     lat.sort_by(|a, b| a.total_cmp(b));
+    // Where a batch's time goes: the median latency of the i-th pod created in each batch.
+    let by_position: Vec<String> = (0..size)
+        .map(|i| {
+            let mut l: Vec<f64> = (i..PODS)
+                .step_by(size)
+                .filter_map(|n| {
+                    let n = format!("bench-{n}");
+                    Some(running.get(&n)?.duration_since(created[&n]).as_secs_f64() * 1e3)
+                })
+                .collect();
+            l.sort_by(|a, b| a.total_cmp(b));
+            format!("{:.0}", percentile(&l, 0.5))
+        })
+        .collect();
+    eprintln!(
+        "kubelet-bench: median latency (ms) by position in a batch: {}",
+        by_position.join(" ")
+    );
+    let positions: String = by_position
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| format!(",\"pos_{}_ms\":{ms}", i + 1))
+        .collect();
     let out = format!(
-        "{{\"control_plane_cpu_ms_per_pod\":{control:.1},\"kubelet_cpu_ms_per_pod\":{:.1},\"containerd_cpu_ms_per_pod\":{:.1},\"machine_cpu_ms_per_pod\":{:.1},\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"all_running_s\":{all_running:.2},\"kubelet_idle_mb\":{:.1},\"containerd_idle_mb\":{:.1},\"kubelet_100_mb\":{:.1},\"containerd_100_mb\":{:.1}}}",
+        "{{\"control_plane_cpu_ms_per_pod\":{control:.1},\"kubelet_cpu_ms_per_pod\":{:.1},\"containerd_cpu_ms_per_pod\":{:.1},\"machine_cpu_ms_per_pod\":{:.1},\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"all_running_s\":{all_running:.2},\"kubelet_idle_mb\":{:.1},\"containerd_idle_mb\":{:.1},\"kubelet_100_mb\":{:.1},\"containerd_100_mb\":{:.1}{positions}}}",
         cpu.0,
         cpu.1,
         cpu.2,
