@@ -86,9 +86,9 @@ fn render(results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {
          the 100th pod runs; CPU is the processes' user + system time (and the machine's busy time) \
          over the 100 starts, per pod. The kubelet starts sandboxes and containers of at most one pod \
          per core at once, first come first served. The node's `run` directory (containerd's and runc's \
-         state, K3s's `/run/k3s/containerd`) is a tmpfs, as `/run` is on a host. Each round starts by dropping the kernel's caches, which frees \
-         the memory cgroups earlier rounds' (or tests') deleted pods left dying: with a few hundred of \
-         them, pods started about 10 % slower here.\n\nMachine: {}. Run took {:.0} s.\n\n",
+         state, K3s's `/run/k3s/containerd`) is a tmpfs, as `/run` is on a host. Each round starts by \
+         dropping the kernel's caches, which frees the memory cgroups that earlier rounds' (or tests') \
+         deleted pods left dying: with a few hundred of them, pods started about 10 % slower here.\n\nMachine: {}. Run took {:.0} s.\n\n",
         revision(),
         containerd_version(),
         machine(),
