@@ -33,8 +33,6 @@ const METRICS: &[&str] = &[
     "pos_9_ms",
     "pos_10_ms",
 ];
-/// The per-round table's columns: the metrics before the by-position latencies.
-const TABLE: usize = 11;
 
 pub fn run(rounds: usize, only: Option<Vec<String>>) -> Result<()> {
     crate::bench::prepare_node_bench(
@@ -145,9 +143,12 @@ fn render(results: &[Vec<f64>], elapsed: Duration, rounds: usize) -> String {
     );
     out.push_str("| round | kubelet CPU ms/pod | containerd CPU ms/pod | apiserver+kine CPU ms/pod | machine CPU ms/pod | p50 ms | p99 ms | all running s | kubelet idle MB | kubelet 100 MB | containerd idle MB | containerd 100 MB |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in 0..rounds {
-        let v: Vec<String> = results[..TABLE]
+        // The per-round table's columns: the metrics before the by-position latencies.
+        let v: Vec<String> = results
             .iter()
-            .map(|m| m.get(r).map_or("–".into(), |x| format!("{x:.1}")))
+            .zip(METRICS)
+            .take_while(|(_, m)| !m.starts_with("pos_"))
+            .map(|(m, _)| m.get(r).map_or("–".into(), |x| format!("{x:.1}")))
             .collect();
         out.push_str(&format!("| {} | {} |\n", r + 1, v.join(" | ")));
     }
