@@ -16,13 +16,13 @@ pub(crate) const ROUNDS: usize = 3;
 const WORKLOADS: &[&str] = &["create", "update", "get", "list", "watch"];
 
 pub fn run(args: &[String]) -> Result<()> {
-    let mut rounds = ROUNDS;
+    let mut rounds: Option<usize> = None;
     let mut only: Option<Vec<String>> = None;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             // For quick looks while working; the published figures use the defaults.
-            "--rounds" => rounds = it.next().context("--rounds needs a number")?.parse()?,
+            "--rounds" => rounds = Some(it.next().context("--rounds needs a number")?.parse()?),
             "--only" => {
                 only = Some(
                     it.next()
@@ -38,12 +38,14 @@ pub fn run(args: &[String]) -> Result<()> {
             ),
         }
     }
+    let kubelet_rounds = rounds.unwrap_or(crate::bench_kubelet::ROUNDS);
+    let rounds = rounds.unwrap_or(ROUNDS);
     match args.first().map(String::as_str) {
         Some("kine") => kine(rounds, only),
         Some("apiserver") => crate::bench_apiserver::run(rounds, only),
         Some("controllers") => crate::bench_controllers::run(rounds, only),
         Some("scheduler") => crate::bench_scheduler::run(rounds, only),
-        Some("kubelet") => crate::bench_kubelet::run(rounds, only),
+        Some("kubelet") => crate::bench_kubelet::run(kubelet_rounds, only),
         Some("footprint") => crate::bench_footprint::run(rounds, only),
         Some(other) => {
             bail!(
