@@ -112,9 +112,9 @@ fn settle_kernel() -> Result<()> {
     Ok(())
 }
 
-/// The machine's speed at the moment, in the terms that dominate a pod start here: the median time to
-/// exec `runc --version` (a Go binary starting, as the shim, runc and the CNI plugins do a dozen times
-/// per pod), over 30 runs on the quiet machine.
+/// A yardstick of the machine at the moment: the median time to exec `runc --version` (a Go binary
+/// starting, which the shim, runc and the CNI plugins do a dozen times per pod), over 30 runs on the
+/// quiet machine.
 fn runc_exec_us() -> Result<f64> {
     let mut t = Vec::with_capacity(30);
     for _ in 0..30 {
