@@ -63,8 +63,7 @@ fn render(size_mb: f64, results: &[Vec<f64>], elapsed: Duration, rounds: usize) 
     out.push_str(&format!(
         "`cargo xtask bench footprint` (k3rs {}): `k3rs` as shipped (cargo profile `dist`: release \
          with fat LTO, one codegen unit, `opt-level = \"s\"`, symbols stripped); `k3rs server` (kine \
-         on SQLite, \
-         apiserver, controller-manager, scheduler and the node's agent — kubelet supervising Debian's \
+         on SQLite, apiserver, controller-manager, scheduler and the node's agent — kubelet supervising Debian's \
          containerd, flannel — in one process) on a fresh data dir in a testbed namespace, images present \
          from the air-gap tarballs; then a `k3rs agent` in a second namespace joins it. Cold start runs \
          from exec to the node's Ready condition (and to every kube-system pod Ready: {} such pods \
