@@ -426,6 +426,11 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
             "details": {"causes": [{"reason": "ExitCode", "message": exit.to_string()}]},
         })
     };
+    // A real process's output comes a moment before its exit status. kubectl's WebSocket client can
+    // lose stdout that arrives together with a success status (kubernetes/kubernetes#124571: truncated
+    // output, exit code 0); under CI load `kubectl exec … echo` once printed nothing here. The
+    // stand-in leaves that moment too.
+    tokio::time::sleep(Duration::from_millis(50)).await;
     send_channel(&mut s, 3, status.to_string().as_bytes()).await?;
     write_frame(&mut s, 0x8, &1000u16.to_be_bytes()).await?;
     // Let the client read everything before the connection goes.

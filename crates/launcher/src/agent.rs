@@ -74,9 +74,10 @@ pub struct AgentArgs {
 /// Runs the agent until `shutdown`.
 pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let token = match (&a.common.token, &a.common.token_file) {
-        (_, Some(f)) => std::fs::read_to_string(f)
-            .map(|t| t.trim().to_string())
-            .map_err(Error::io(format!("token file {}", f.display())))?,
+        (_, Some(f)) => match read_token_file(f, &shutdown).await? {
+            Some(t) => t,
+            None => return Ok(()),
+        },
         (Some(t), None) => t.clone(),
         (None, None) => {
             return Err(Error::Config(
@@ -103,6 +104,35 @@ pub async fn run(a: AgentArgs, shutdown: CancellationToken) -> Result<(), Error>
     }
     tracing::info!("k3rs agent is up");
     group.run().await
+}
+
+/// Reads the join token from `file`. A file not written yet (the server's own `server/token`, when the
+/// per-component units start together) is waited for, as an unreachable server is: `None` if shut down
+/// meanwhile.
+async fn read_token_file(
+    file: &Path,
+    shutdown: &CancellationToken,
+) -> Result<Option<String>, Error> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match std::fs::read_to_string(file) {
+            Ok(t) if !t.trim().is_empty() => return Ok(Some(t.trim().to_string())),
+            Ok(_) => {
+                return Err(Error::Config(format!(
+                    "token file {} is empty",
+                    file.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(format!("token file {}", file.display()))(e)),
+        }
+        tracing::warn!(file = %file.display(), "token file not written yet, waiting");
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 fn random_hex(bytes: usize) -> String {
